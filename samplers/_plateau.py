@@ -3,6 +3,7 @@ model, and Thompson sampling inside the predicted plateau. NumPy only."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,6 @@ def trial_scale(trial: FrozenTrial, target: Scale) -> Scale:
             changes[name] = int(attrs[key]) if name == "seq_len" else float(attrs[key])
     if not changes:
         return target
-    import dataclasses
 
     # A proxy of the same model keeps its shape only when N is unchanged.
     if "N" in changes and changes["N"] != target.N:
@@ -97,16 +97,43 @@ class _History:
     failed: np.ndarray  # m×2
     pending: np.ndarray  # k×2 (other workers' RUNNING trials)
     best_w: np.ndarray = field(default_factory=lambda: np.empty((0, 2)))
+    # The scale of each failed and pending trial (keys of ``group_scales``' kind).
+    failed_scales: list[tuple[float, float, int]] = field(default_factory=list)
+    pending_scales: list[tuple[float, float, int]] = field(default_factory=list)
 
     @property
     def taken(self) -> np.ndarray:
         return np.concatenate([self.w, self.failed, self.pending])
 
+    def taken_at(self, group: int) -> np.ndarray:
+        """The points of every trial — finished, failed or running — at ``group``'s scale."""
+        key = self.group_scales[group]
+        return np.concatenate(
+            [
+                self.w[self.groups == group],
+                self.failed[[k == key for k in self.failed_scales]].reshape(-1, 2),
+                self.pending[[k == key for k in self.pending_scales]].reshape(-1, 2),
+            ]
+        )
+
+    def ran_at(self, group: int) -> bool:
+        """Whether any trial — finished, failed or running — is at ``group``'s scale."""
+        key = self.group_scales[group]
+        return (
+            bool(np.any(self.groups == group))
+            or key in self.failed_scales
+            or key in self.pending_scales
+        )
+
     def group_of(self, scale: Scale) -> int:
-        key = (float(scale.N or 0), float(scale.D or 0), int(scale.seq_len))
+        key = _scale_key(scale)
         if key not in self.group_scales:
             self.group_scales.append(key)
         return self.group_scales.index(key)
+
+
+def _scale_key(scale: Scale) -> tuple[float, float, int]:
+    return (float(scale.N or 0), float(scale.D or 0), int(scale.seq_len))
 
 
 class PlateauSampler(BaseSampler):
@@ -115,7 +142,9 @@ class PlateauSampler(BaseSampler):
     The law's prediction at the target scale is the origin of law-normalised coordinates
     :math:`u = \ln \mathrm{lr} - \ln \mathrm{lr}^*`, :math:`v = \ln B - \ln B^*`. The sampler
 
-    1. proposes the law's point first (clipped to the bounds);
+    1. proposes the law's point first (clipped to the bounds), and opens every further scale
+       (a proxy scale, or the target after proxy runs) at the pooled model's optimum: with no
+       run at that scale yet there is no incumbent to improve on, only a best guess;
     2. keeps a Gaussian prior over the optimum's location from the law's coefficient
        covariance and residual scatter (:class:`~steplaw_opt.priors.Prior`), and a trust region,
        its 99 % ellipse clipped to the parameter bounds, which re-centres and shrinks as the
@@ -126,9 +155,10 @@ class PlateauSampler(BaseSampler):
     4. proposes the point of the trust region with the highest expected improvement under the
        bowl's posterior (or, with ``acquisition="thompson"``, the argmin of one posterior draw)
        among the points that do not repeat a trial already run, failed or running — so
-       workers sharing a study never duplicate work. A point repeats a trial when both its lr
-       and its batch lie within a factor :math:`e^r` of that trial's. The first ``n_coarse``
-       trials map the plateau on a multiplicative lattice around the law's point (steps of
+       workers sharing a study never duplicate work. A point repeats a trial at the same scale
+       when both its lr and its batch lie within a factor :math:`e^r` of that trial's (the same
+       (u, v) at another scale is new evidence). The first ``n_coarse`` trials at a scale map
+       the plateau on a multiplicative lattice around the law's point (steps of
        ``lattice_step``, √2 by default — the usual sweep, and about the step whose loss change
        the measurement noise lets one see) with the coarse ``coarse_resolution``; after that
        candidates are continuous and only closer than ``resolution`` counts as a repeat.
@@ -156,7 +186,7 @@ class PlateauSampler(BaseSampler):
             region) or ``"thompson"``.
         resolution: in ln units; a proposal whose lr and batch are both within a factor
             ``e^resolution`` of an existing trial's is a repeat and never proposed.
-        coarse_resolution: the same, for the first ``n_coarse`` trials of the study. With the
+        coarse_resolution: the same, for the first ``n_coarse`` trials at a scale. With the
             Step Law's curvature a step of 0.3 changes the loss by about the 0.05 % measurement
             noise, so coarser steps first give distinguishable runs.
         n_coarse: how many trials map the plateau on the lattice with ``coarse_resolution``.
@@ -375,6 +405,7 @@ class PlateauSampler(BaseSampler):
         """The study's trials mapped to (u, v) at their own scales."""
         sign = 1.0 if study.direction == StudyDirection.MINIMIZE else -1.0
         w, z, scales, failed, pending = [], [], [], [], []
+        failed_scales, pending_scales = [], []
         origins: dict[Scale, tuple[float, float]] = {}  # the law, once per distinct scale
         for t in study.get_trials(deepcopy=False):
             if t.number == exclude:
@@ -395,8 +426,10 @@ class PlateauSampler(BaseSampler):
                 scales.append(scale)
             elif t.state == TrialState.FAIL or t.state == TrialState.COMPLETE:
                 failed.append(uv)  # a failure, or a NaN/inf value
+                failed_scales.append(_scale_key(scale))
             elif t.state in (TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED):
                 pending.append(uv)  # running elsewhere, or evaluated in part: not again
+                pending_scales.append(_scale_key(scale))
         z_arr = np.asarray(z, dtype=float)
         if len(z_arr) and np.all(z_arr > 0):
             y = np.log(z_arr)
@@ -411,6 +444,8 @@ class PlateauSampler(BaseSampler):
             group_scales=[],
             failed=np.asarray(failed, dtype=float).reshape(-1, 2),
             pending=np.asarray(pending, dtype=float).reshape(-1, 2),
+            failed_scales=failed_scales,
+            pending_scales=pending_scales,
         )
         hist.groups = np.array([hist.group_of(s) for s in scales], dtype=int)
         if len(y):
@@ -486,17 +521,29 @@ class PlateauSampler(BaseSampler):
             "prior_mean": self._prior.mean.tolist(),
             "prior_sd": self._prior.sd.tolist(),
         }
-        taken = hist.taken
-        law_point = np.clip(self._prior.mean, box[0], box[1])
-        if not self._too_close(law_point[None], taken)[0]:
-            return law_point, "law", belief
         group = hist.group_of(scale)  # before the fit, so a new scale gets its offset
+        # A repeat is the same point at the same scale: at another scale it is new evidence.
+        taken = hist.taken_at(group)
+        law_point = np.clip(self._prior.mean, box[0], box[1])
+        if not len(hist.taken) or (
+            not len(hist.y) and not self._too_close(law_point[None], taken)[0]
+        ):
+            return law_point, "law", belief
         posterior = self.fit(hist) if len(hist.y) else None
         region, _ = self.trust_region(hist, posterior, box, rng)
         belief["trust_center"] = region.center.tolist()
         belief["trust_radius_sd"] = float(math.sqrt(region.radius2))
         if posterior is not None:
             belief["posterior_optimum"] = posterior.optimum().tolist()
+            if not hist.ran_at(group):
+                # The first run at a new scale (the target's run after proxies, say) has no
+                # incumbent at its scale — its loss offset is unknown, so expected improvement
+                # would only chase that offset's variance. It goes where the pooled model puts
+                # the optimum, as the law's point opens a study.
+                w = posterior.optimum()
+                if not region.contains(w)[0]:
+                    w = _constrained_argmin(region, w, posterior.hessian)
+                return region.clip_to_box(w), "optimum", belief
         candidates = self._candidates(region, rng, taken, hist)
         if len(candidates) == 0:  # everything near is taken: widen to the whole box
             wide = TrustRegion(region.center, region.shape * 4, region.radius2, box)
@@ -530,7 +577,7 @@ class PlateauSampler(BaseSampler):
             ei = sd * (zscore * _norm_cdf(zscore) + _norm_pdf(zscore))
             return candidates[int(np.argmax(ei))], "ei", belief
         theta = posterior.sample_theta(rng, 1)[0]
-        draw_post = BowlPosterior(theta, posterior.cov, posterior.n_groups, posterior.min_eig)
+        draw_post = dataclasses.replace(posterior, mean=theta)
         target = draw_post.optimum()
         return self._nearest(candidates, target, draw_post.hessian), "thompson", belief
 
@@ -585,6 +632,12 @@ class PlateauSampler(BaseSampler):
         d = candidates - target
         cost = np.einsum("ni,ij,nj->n", d, metric, d)
         return candidates[int(np.argmin(cost))]
+
+
+def _constrained_argmin(region: TrustRegion, w: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+    from steplaw_opt.samplers._refined import constrained_argmin
+
+    return constrained_argmin(region, w, hessian)
 
 
 def _norm_pdf(z: np.ndarray) -> np.ndarray:

@@ -200,6 +200,52 @@ def test_trial_scale_from_user_attrs_pools_proxy_runs():
     assert len(hist.group_scales) == 2
 
 
+def test_first_run_at_a_new_scale_goes_to_the_pooled_optimum():
+    # Eight proxy runs at D/16 map the bowl; the first target run has no incumbent at its own
+    # scale, so it goes where the pooled model puts the optimum — not to an exploratory point —
+    # and a (u, v) already run at the proxy scale is not a repeat at the target.
+    proxy_d = TARGET.D / 16
+
+    def proxied(trial: optuna.Trial) -> float:
+        if trial.number < 8:
+            trial.set_user_attr("steplaw.D", proxy_d)
+        scale = TARGET.with_tokens(proxy_d) if trial.number < 8 else TARGET
+        lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+        batch = trial.suggest_float("batch_size", 4, 8192, log=True)
+        u = math.log(lr / LAW.lr_at(scale)) - W_TRUE[0]
+        v = math.log(batch * 2048 / LAW.batch_tokens_at(scale)) - W_TRUE[1]
+        return 2.5 * math.exp(0.0064 * u * u - 0.0052 * u * v + 0.006 * v * v)
+
+    sampler = PlateauSampler(TARGET, seed=3)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(proxied, n_trials=8)
+    assert study.trials[0].system_attrs[ATTR_PROPOSAL]["kind"] == "law"
+    before = sampler.fit(sampler.history(study)).optimum()
+    study.optimize(proxied, n_trials=1)
+    first = study.trials[-1].system_attrs[ATTR_PROPOSAL]
+    assert first["kind"] == "optimum"
+    assert (first["u"], first["v"]) == pytest.approx(tuple(before), abs=1e-9)
+    # The pooled optimum moved towards the proxies' (0.3, -0.2), away from the law's point.
+    assert first["u"] > 0.1 and first["v"] < -0.05
+    study.optimize(proxied, n_trials=1)
+    second = study.trials[-1].system_attrs[ATTR_PROPOSAL]
+    assert second["kind"] != "optimum"
+
+
+def test_a_point_run_at_another_scale_is_not_a_repeat():
+    def proxied(trial: optuna.Trial) -> float:
+        if trial.number == 0:
+            trial.set_user_attr("steplaw.D", TARGET.D / 8)
+        return objective(trial)
+
+    study = optuna.create_study(sampler=PlateauSampler(TARGET, seed=4))
+    study.optimize(proxied, n_trials=2)
+    kinds = [t.system_attrs[ATTR_PROPOSAL]["kind"] for t in study.trials]
+    # Both open their own scale: the law's point at the proxy, the pooled optimum (the law's
+    # point moved by one run) at the target.
+    assert kinds == ["law", "optimum"]
+
+
 def test_beliefs_are_written_to_trials():
     study = optuna.create_study(sampler=PlateauSampler(TARGET, seed=9))
     study.optimize(objective, n_trials=4)
