@@ -172,12 +172,13 @@ def bench(
         ),
     ] = False,
     target_runs: Annotated[
-        int,
+        str,
         typer.Option(
             "--target-runs",
-            help="With --proxy: runs at the target itself on top of each proxy budget.",
+            help="With --proxy: K, the final runs at the target after the proxies (comma list; "
+            "the best is kept). 0 scores the refined optimum alone.",
         ),
-    ] = 0,
+    ] = "1,2",
     proxy: Annotated[
         bool,
         typer.Option(
@@ -234,7 +235,7 @@ def _bench_proxy(
     seeds: int | None,
     prior: str,
     as_json: bool,
-    target_runs: int = 0,
+    target_runs: str = "1,2",
 ) -> None:
     from steplaw_opt import _bench_proxy as proxy_mod
 
@@ -250,10 +251,16 @@ def _bench_proxy(
         raise SteplawInputError(f"--prior must be published, loo or both, got {prior!r}")
     if grid_csv is not None and not Path(grid_csv).exists():
         raise SteplawInputError(f"grid file not found: {grid_csv!r}")
-    if target_runs < 0:
-        raise SteplawInputError(f"--target-runs must be >= 0, got {target_runs}")
+    try:
+        k_values = tuple(int(k) for k in target_runs.split(","))
+    except ValueError:
+        raise SteplawInputError(
+            f"--target-runs must be comma-separated whole numbers, got {target_runs!r}"
+        ) from None
+    if any(k < 0 for k in k_values):
+        raise SteplawInputError(f"--target-runs must be >= 0, got {target_runs!r}")
     config = proxy_mod.ProxyBenchConfig(
-        target_runs=target_runs,
+        target_runs=k_values,
         grid_path=grid_csv,
         budgets=budget_values,
         seeds=seeds or 3,
