@@ -3,7 +3,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from steplaw_opt.landscape import BowlPrior, fit_bowl, project_pd
+from steplaw_opt.landscape import (
+    WINDOW_POINTS,
+    BowlPrior,
+    fit_bowl,
+    project_pd,
+    window_widening,
+)
 
 
 def _bowl_data(rng, w_star, h, n=40, noise=2e-4, offsets=(1.0,)):
@@ -120,3 +126,40 @@ def test_steep_landscape_far_from_the_law_is_still_located():
     fixed = fit_bowl(w, y, np.zeros(15, int), 1, curvature_scale=1.0, **kw)
     assert np.linalg.norm(auto.optimum() - w_star) < 0.3
     assert np.linalg.norm(fixed.optimum() - w_star) > np.linalg.norm(auto.optimum() - w_star)
+
+
+def _asymmetric_grid() -> tuple[np.ndarray, np.ndarray]:
+    # Flat towards low learning rates, a cliff towards high ones (ten times steeper), the
+    # minimum at u = 0.1: the shape of the released grids, exaggerated.
+    us, vs = np.arange(-2.0, 1.21, 0.2), np.arange(-1.2, 1.21, 0.3)
+    w = np.array([[u, v] for u in us for v in vs])
+    du = w[:, 0] - 0.1
+    y = np.log(2.5) + np.where(du < 0, 0.003, 0.03) * du**2 + 0.006 * w[:, 1] ** 2
+    return w, y
+
+
+def test_narrow_window_keeps_the_bottom_near_an_asymmetric_minimum():
+    w, y = _asymmetric_grid()
+    groups = np.zeros(len(y), dtype=int)
+    kwargs = {"prior_mean": np.zeros(2), "prior_cov": 4 * np.eye(2), "curvature_scale": 1.0}
+    narrow = fit_bowl(w, y, groups, 1, **kwargs).optimum()
+    wide_prior = dataclasses.replace(BowlPrior.default(), tau=0.01, cut=0.05)
+    wide = fit_bowl(w, y, groups, 1, bowl=wide_prior, **kwargs).optimum()
+    assert abs(narrow[0] - 0.1) < 0.5 * abs(wide[0] - 0.1)
+    assert wide[0] < narrow[0] < 0.1  # both lean to the flat side; the narrow one far less
+
+
+def test_window_widens_while_runs_are_few_and_far():
+    bowl = BowlPrior.default()
+    narrow = (bowl.tau, bowl.cut)
+    dense = np.linspace(0, bowl.cut * 0.9, WINDOW_POINTS)  # a mapped plateau: no widening
+    assert window_widening(dense, bowl) == narrow
+    # One run more, far off, stays out; with fewer runs than WINDOW_POINTS all of them count.
+    assert window_widening(np.append(dense, 0.04), bowl) == narrow
+    tau, cut = window_widening(np.array([0.0, 0.01, 0.02]), bowl)  # three runs, 1-2 % apart
+    assert cut == pytest.approx(0.02, rel=1e-6) and tau == pytest.approx(bowl.tau * 0.02 / bowl.cut)
+    far = np.array([0.0, 0.5, 0.9])  # never beyond the wide window
+    assert window_widening(far, bowl) == (bowl.wide_tau, bowl.wide_cut)
+    assert window_widening(np.array([]), bowl) == narrow
+    steep = bowl.scaled(10.0)  # κ scales every window alike
+    assert window_widening(far, steep) == pytest.approx((10 * bowl.wide_tau, 10 * bowl.wide_cut))
