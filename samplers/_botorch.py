@@ -449,13 +449,13 @@ class BoTorchPlateauSampler(PlateauSampler):
             values = acqf(torch.as_tensor(candidates, dtype=DTYPE)[:, None, :]).numpy()
         order = np.argsort(-values)
         best_w, best_value = candidates[order[0]], float(values[order[0]])
-        if len(hist.taken) >= self._n_coarse or self._lattice_step == 0:
+        if not self._mapping(hist) or self._lattice_step == 0:
             # Continuous phase: refine the best candidates; reject repeats and walled points.
             starts = candidates[order[: self._num_restarts]]
             xs, vals = optimize_in_region(acqf, region, starts, maxiter=self._maxiter)
             ok = (
                 region.contains(xs, tol=1e-6)
-                & ~self._too_close(xs, hist.taken)
+                & ~self._too_close(xs, hist.taken_at(group), coarse=False)
                 & ~self._walled(xs, hist)
                 & np.isfinite(vals)
             )

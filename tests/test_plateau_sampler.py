@@ -295,3 +295,23 @@ def test_multi_objective_is_refused():
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=PlateauSampler(TARGET))
     with pytest.raises(ValueError):
         study.optimize(lambda t: (objective(t), 1.0), n_trials=1)
+
+
+def test_no_repeat_after_the_batch_is_rounded_to_an_integer():
+    # Small integer batches: a candidate 0.2 (ln) from a run can round onto the same batch.
+    # The repeat check sees the values that would really run.
+    def small(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 2.44e-4, 2.21e-2, log=True)
+        batch = trial.suggest_int("batch_size", 2, 24, log=True)
+        return bowl_loss(lr, batch * 60.0)
+
+    study = optuna.create_study(sampler=PlateauSampler(TARGET, seed=5))
+    study.optimize(small, n_trials=30)
+    pts = [(math.log(t.params["lr"]), math.log(t.params["batch_size"])) for t in study.trials]
+    close = [
+        (i, j)
+        for i in range(len(pts))
+        for j in range(i)
+        if abs(pts[i][0] - pts[j][0]) < 0.15 and abs(pts[i][1] - pts[j][1]) < 0.15
+    ]
+    assert close == []
