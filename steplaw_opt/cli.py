@@ -179,6 +179,14 @@ def bench(
             "the best is kept). 0 scores the refined optimum alone.",
         ),
     ] = "1,2",
+    proxy_targets: Annotated[
+        str,
+        typer.Option(
+            "--proxy-targets",
+            help="With --proxy: 'largest' (the largest D of each N) or 'all' (every D with a "
+            "smaller one at its N).",
+        ),
+    ] = "largest",
     proxy: Annotated[
         bool,
         typer.Option(
@@ -190,7 +198,7 @@ def bench(
 ) -> None:
     """Replay benchmark on the released grids: gap to each setting's best loss after k trials."""
     if proxy:
-        _bench_proxy(grid_csv, budgets, seeds, prior, as_json, target_runs)
+        _bench_proxy(grid_csv, budgets, seeds, prior, as_json, target_runs, proxy_targets)
         return
     from steplaw_opt import bench as bench_mod
 
@@ -236,6 +244,7 @@ def _bench_proxy(
     prior: str,
     as_json: bool,
     target_runs: str = "1,2",
+    targets: str = "largest",
 ) -> None:
     from steplaw_opt import _bench_proxy as proxy_mod
 
@@ -259,7 +268,10 @@ def _bench_proxy(
         ) from None
     if any(k < 0 for k in k_values):
         raise SteplawInputError(f"--target-runs must be >= 0, got {target_runs!r}")
+    if targets not in ("largest", "all"):
+        raise SteplawInputError(f"--proxy-targets must be largest or all, got {targets!r}")
     config = proxy_mod.ProxyBenchConfig(
+        targets=targets,
         target_runs=k_values,
         grid_path=grid_csv,
         budgets=budget_values,
