@@ -21,6 +21,7 @@ from steplaw_opt.errors import SteplawInputError
 from steplaw_opt.landscape import BowlPosterior, BowlPrior, fit_bowl
 from steplaw_opt.priors._law import Law, load_law
 from steplaw_opt.priors._prior import Prior, TrustRegion, chi2_2_quantile
+from steplaw_opt.samplers._refined import bottom_in_region
 from steplaw_opt.scale import Scale
 from steplaw_opt.space import BatchUnit, LawSpace
 
@@ -73,21 +74,13 @@ def _positive_numeric(dist: BaseDistribution | None) -> bool:
 
 def to_param_value(value: float, dist: FloatDistribution | IntDistribution) -> float | int:
     """Clip ``value`` into ``dist`` and snap it onto the distribution's step, if any."""
-    x = min(max(float(value), dist.low), dist.high)
-    step = dist.step
-    if step is not None:
-        k = round((x - dist.low) / step)
-        x = dist.low + k * step
-        if x > dist.high + 1e-12:
-            x -= step
-        x = min(max(x, dist.low), dist.high)
-    if isinstance(dist, IntDistribution):
-        return round(x)
-    return float(x)
+    x = float(snap_to(np.array([float(value)]), dist)[0])
+    return int(x) if isinstance(dist, IntDistribution) else x
 
 
-def _snap_to(x: np.ndarray, dist: FloatDistribution | IntDistribution) -> np.ndarray:
-    """:func:`to_param_value` for an array of values."""
+def snap_to(x: np.ndarray, dist: FloatDistribution | IntDistribution) -> np.ndarray:
+    """Clip the values ``x`` into ``dist`` and snap them onto its step (whole numbers for an
+    integer distribution)."""
     x = np.clip(x, dist.low, dist.high)
     if dist.step is not None:
         x = dist.low + np.round((x - dist.low) / dist.step) * dist.step
@@ -535,8 +528,8 @@ class PlateauSampler(BaseSampler):
         ln_lr, ln_b = self._space.origin(scale)
 
         def snap(points: np.ndarray) -> np.ndarray:
-            lr = _snap_to(np.exp(ln_lr + points[:, 0]), lr_d)  # type: ignore[arg-type]
-            batch = _snap_to(np.exp(ln_b + points[:, 1]), b_d)  # type: ignore[arg-type]
+            lr = snap_to(np.exp(ln_lr + points[:, 0]), lr_d)  # type: ignore[arg-type]
+            batch = snap_to(np.exp(ln_b + points[:, 1]), b_d)  # type: ignore[arg-type]
             return np.column_stack([np.log(lr) - ln_lr, np.log(batch) - ln_b])
 
         return snap
@@ -570,17 +563,14 @@ class PlateauSampler(BaseSampler):
         belief["trust_radius_sd"] = float(math.sqrt(region.radius2))
         if posterior is not None:
             belief["posterior_optimum"] = posterior.optimum().tolist()
-            if not hist.ran_at(group) and not self._too_close(
-                region.clip_to_box(posterior.optimum())[None], taken, coarse=False
-            )[0]:
+            if not hist.ran_at(group):
                 # The first run at a new scale (the target's run after proxies, say) has no
                 # incumbent at its scale — its loss offset is unknown, so expected improvement
                 # would only chase that offset's variance. It goes where the pooled model puts
-                # the optimum, as the law's point opens a study.
-                w = posterior.optimum()
-                if not region.contains(w)[0]:
-                    w = _constrained_argmin(region, w, posterior.hessian)
-                return region.clip_to_box(w), "optimum", belief
+                # the optimum, as the law's point opens a study (unless another worker runs it).
+                w = region.clip_to_box(bottom_in_region(posterior, region))
+                if not self._too_close(w[None], taken, coarse=False)[0]:
+                    return w, "optimum", belief
         candidates = self._candidates(region, rng, taken, hist, snap)
         if len(candidates) == 0:  # everything near is taken: widen to the whole box
             wide = TrustRegion(region.center, region.shape * 4, region.radius2, box)
@@ -682,12 +672,6 @@ class PlateauSampler(BaseSampler):
         d = candidates - target
         cost = np.einsum("ni,ij,nj->n", d, metric, d)
         return candidates[int(np.argmin(cost))]
-
-
-def _constrained_argmin(region: TrustRegion, w: np.ndarray, hessian: np.ndarray) -> np.ndarray:
-    from steplaw_opt.samplers._refined import constrained_argmin
-
-    return constrained_argmin(region, w, hessian)
 
 
 def _norm_pdf(z: np.ndarray) -> np.ndarray:

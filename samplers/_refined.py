@@ -93,11 +93,7 @@ def refined_optimum(
         posterior = sampler.fit(hist)
         region, draws = sampler.trust_region(hist, posterior, box, rng)
         hessian = posterior.hessian
-        w = posterior.optimum()
-        if not region.contains(w)[0]:
-            # The bowl's bottom lies outside the trusted region (a slope that keeps falling
-            # towards a bound, say): recommend the bowl's lowest point inside the region.
-            w = constrained_argmin(region, w, hessian)
+        w = bottom_in_region(posterior, region)
         draws = posterior.sample_optima(rng, n_draws)
         inside = region.contains(draws)
         draws = draws[inside] if inside.sum() > 50 else region.clip_to_box(draws)
@@ -165,6 +161,15 @@ def refined_optimum(
 def _declared(study: optuna.Study, sampler: Any) -> tuple[Any, Any]:
     known = sampler._known_distributions(study)
     return known.get(sampler.lr_param), known.get(sampler.batch_param)
+
+
+def bottom_in_region(posterior: Any, region: Any) -> np.ndarray:
+    """The bowl's bottom, or, when it lies outside the trusted region (a slope that keeps
+    falling towards a bound, say), the bowl's lowest point inside the region."""
+    w = posterior.optimum()
+    if region.contains(w)[0]:
+        return w
+    return constrained_argmin(region, w, posterior.hessian)
 
 
 def constrained_argmin(
