@@ -11,8 +11,8 @@ import sys
 import pandas as pd
 
 from steplaw_opt import load_law
+from steplaw_opt.bench import default_grid_path
 from steplaw_opt.priors import refine_law, runs_from_frame
-from steplaw_opt.replay import default_grid_path
 
 frame = pd.read_csv(sys.argv[1] if len(sys.argv) > 1 else default_grid_path())
 mine = frame[frame["N"] <= frame["N"].drop_duplicates().nsmallest(2).max()]

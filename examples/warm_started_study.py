@@ -10,7 +10,7 @@ import sys
 
 import optuna
 
-from steplaw_opt.replay import load_grids
+from steplaw_opt.bench import load_grids
 from steplaw_opt.samplers import PlateauSampler, refined_optimum
 
 setting = load_grids(sys.argv[1] if len(sys.argv) > 1 else None)[8]  # N=429M, D=8B

@@ -8,9 +8,7 @@ predict`` starts fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from steplaw_opt._lazy import lazy_getattr
 from steplaw_opt.priors._law import (
     Interval,
     Law,
@@ -37,10 +35,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'steplaw_opt.priors' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

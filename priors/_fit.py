@@ -380,8 +380,19 @@ def runs_from_frame(
     return Runs(lr, tokens, n, d, loss, labels, source)
 
 
-def read_runs_csv(path: str | Path, **columns: Any) -> Runs:
-    """:func:`runs_from_frame` of a CSV file; a missing or unreadable file is a one-line error."""
+def read_runs_csv(
+    path: str | Path,
+    *,
+    lr_col: str = "lr",
+    batch_col: str = "bs",
+    n_col: str = "N",
+    d_col: str = "D",
+    loss_col: str | None = None,
+    batch_unit: Literal["sequences", "tokens"] = "sequences",
+    seq_len: int = 2048,
+) -> Runs:
+    """:func:`runs_from_frame` of a CSV file (same column and unit arguments); a missing or
+    unreadable file is a one-line error."""
     import pandas as pd
 
     path = Path(path)
@@ -396,7 +407,17 @@ def read_runs_csv(path: str | Path, **columns: Any) -> Runs:
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SteplawInputError(f"cannot read CSV {str(path)!r}: {first}") from None
-    return runs_from_frame(frame, source=path.name, **columns)
+    return runs_from_frame(
+        frame,
+        lr_col=lr_col,
+        batch_col=batch_col,
+        n_col=n_col,
+        d_col=d_col,
+        loss_col=loss_col,
+        batch_unit=batch_unit,
+        seq_len=seq_len,
+        source=path.name,
+    )
 
 
 # ----------------------------------------------------------------------------- the fit itself

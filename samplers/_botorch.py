@@ -58,6 +58,7 @@ import contextlib
 import math
 import warnings
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import gpytorch
@@ -80,12 +81,16 @@ from botorch.optim import optimize_acqf
 from botorch.sampling import SobolQMCNormalSampler
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from linear_operator.utils.warnings import NumericalWarning
+from optuna.samplers import BaseSampler
 from torch import Tensor
 
 from steplaw_opt.errors import SteplawInputError
-from steplaw_opt.landscape import BowlPosterior
+from steplaw_opt.landscape import BowlPosterior, BowlPrior
+from steplaw_opt.priors._law import Law
 from steplaw_opt.priors._prior import Prior, TrustRegion
-from steplaw_opt.samplers._plateau import ATTR_BELIEF, PlateauSampler, _History
+from steplaw_opt.samplers._plateau import ATTR_BELIEF, Acquisition, PlateauSampler, _History
+from steplaw_opt.scale import Scale
+from steplaw_opt.space import BatchUnit
 
 DTYPE = torch.float64
 # Clip of the model target above the best value (ln-loss units: 5 %), and the value a failure
@@ -312,10 +317,17 @@ class BoTorchPlateauSampler(PlateauSampler):
 
     Use it where the landscape may not be a clean bowl (a new architecture or optimiser, an
     unstable edge at high learning rate): with few points it behaves like the bowl, with many
-    the GP bends to the data. It takes the same arguments and writes the same trial attributes
-    as :class:`~steplaw_opt.samplers.PlateauSampler` (so one replaces the other), plus:
+    the GP bends to the data. It takes every argument of
+    :class:`~steplaw_opt.samplers.PlateauSampler`, with the same defaults, and writes the same
+    trial attributes (so one replaces the other), plus five of its own.
 
     Args:
+        scale: the target scale (N, D, seq_len); as PlateauSampler's, and so are the
+            keyword-only ``law``, ``lr_param``, ``batch_param``, ``batch_unit``, ``seq_len``,
+            ``seed``, ``independent_sampler``, ``acquisition`` (the bowl's, used while it
+            chooses), ``resolution``, ``coarse_resolution``, ``n_coarse``, ``lattice_step``,
+            ``trust_mass``, ``prior_widen`` and ``bowl_prior``: see
+            :class:`~steplaw_opt.samplers.PlateauSampler`.
         n_bowl: the first ``n_bowl`` trials (run, failed or running) are chosen by the inherited
             bowl on its lattice; the GP chooses from then on (default: ``n_coarse``; 0: the GP
             from the second trial).
@@ -336,17 +348,51 @@ class BoTorchPlateauSampler(PlateauSampler):
     for a fixed ``seed``; torch's global random state is left untouched.
     """
 
+    # PlateauSampler's parameters repeated (same order, types and defaults) so that help(),
+    # IDEs and inspect.signature see them; tests/test_signatures.py keeps the two in step.
     def __init__(
         self,
-        *args: Any,
+        scale: Scale,
+        *,
+        law: str | Path | Law = "step-law",
+        lr_param: str = "lr",
+        batch_param: str = "batch_size",
+        batch_unit: BatchUnit = "sequences",
+        seq_len: int | None = None,
+        seed: int | None = None,
+        independent_sampler: BaseSampler | None = None,
+        acquisition: Acquisition = "ei",
+        resolution: float = 0.15,
+        coarse_resolution: float = 0.3,
+        n_coarse: int = 8,
+        lattice_step: float = math.log(2.0) / 2,
+        trust_mass: float = 0.99,
+        prior_widen: float = 1.0,
+        bowl_prior: BowlPrior | None = None,
         n_bowl: int | None = None,
         prior_beta: float = DEFAULT_PRIOR_BETA,
         clip: float = DEFAULT_CLIP,
         num_restarts: int = 2,
         maxiter: int = 20,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            scale,
+            law=law,
+            lr_param=lr_param,
+            batch_param=batch_param,
+            batch_unit=batch_unit,
+            seq_len=seq_len,
+            seed=seed,
+            independent_sampler=independent_sampler,
+            acquisition=acquisition,
+            resolution=resolution,
+            coarse_resolution=coarse_resolution,
+            n_coarse=n_coarse,
+            lattice_step=lattice_step,
+            trust_mass=trust_mass,
+            prior_widen=prior_widen,
+            bowl_prior=bowl_prior,
+        )
         if n_bowl is not None and (
             isinstance(n_bowl, bool) or not isinstance(n_bowl, int) or n_bowl < 0
         ):

@@ -17,45 +17,19 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from steplaw_opt._records import ATTR_BELIEF, ATTR_PROPOSAL, trial_scale
 from steplaw_opt.errors import SteplawInputError
 from steplaw_opt.landscape import BowlPosterior, BowlPrior, fit_bowl
 from steplaw_opt.priors._law import Law, load_law
 from steplaw_opt.priors._prior import Prior, TrustRegion, chi2_2_quantile
-from steplaw_opt.samplers._refined import bottom_in_region
+from steplaw_opt.samplers._region import bottom_in_region
 from steplaw_opt.scale import Scale
 from steplaw_opt.space import BatchUnit, LawSpace
-
-# Trial user attributes that give a trial its own scale (proxy runs); the target otherwise.
-SCALE_ATTRS = {"N": "steplaw.N", "D": "steplaw.D", "seq_len": "steplaw.seq_len"}
-# Trial system attributes the sampler writes: what it believed when it proposed the trial.
-ATTR_PROPOSAL = "steplaw:proposal"
-ATTR_BELIEF = "steplaw:belief"
 
 Acquisition = Literal["thompson", "ei"]
 # The trust region spans this many posterior standard deviations of the optimum (at the
 # region's mass) once the posterior is narrower than the prior.
 TRUST_SPREAD = 2.0
-
-
-def trial_scale(trial: FrozenTrial, target: Scale) -> Scale:
-    """The scale a trial ran at: the target, overridden by ``steplaw.N``/``steplaw.D``/
-    ``steplaw.seq_len`` user attributes (set by the proxy-run planner)."""
-    attrs = trial.user_attrs
-    changes: dict[str, Any] = {}
-    for name, key in SCALE_ATTRS.items():
-        if key in attrs:
-            changes[name] = int(attrs[key]) if name == "seq_len" else float(attrs[key])
-    if not changes:
-        return target
-
-    # A proxy of the same model keeps its shape only when N is unchanged.
-    if "N" in changes and changes["N"] != target.N:
-        return Scale(
-            N=changes["N"],
-            D=changes.get("D", target.D),
-            seq_len=changes.get("seq_len", target.seq_len),
-        )
-    return dataclasses.replace(target, **changes)
 
 
 def shrink_within(shape: np.ndarray, outer: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ import tomli_w
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from steplaw_opt import Scale, load_law
-from steplaw_opt.replay import load_grids
+from steplaw_opt.bench import load_grids
 
 if sys.version_info >= (3, 11):
     import tomllib

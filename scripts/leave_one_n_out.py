@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from steplaw_opt.bench import default_grid_path, load_grids
 from steplaw_opt.priors import fit_law, load_law, read_runs_csv, refine_law
-from steplaw_opt.replay import default_grid_path, load_grids
 from steplaw_opt.sizes import format_size
 
 METHODS = ("published", "refit", "refined")

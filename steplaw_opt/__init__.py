@@ -13,8 +13,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from steplaw_opt._lazy import lazy_getattr
 from steplaw_opt.errors import SteplawInputError
 from steplaw_opt.priors import Law, Prediction, list_laws, load_law
 from steplaw_opt.scale import Scale
@@ -23,7 +24,7 @@ from steplaw_opt.sizes import format_size, parse_size
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from steplaw_opt.samplers import PlateauSampler
+    from steplaw_opt.samplers import BoTorchPlateauSampler, PlateauSampler
 
 # Heavier names resolve on first use (PEP 562) so `import steplaw_opt` stays light.
 _LAZY = {
@@ -32,15 +33,11 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'steplaw_opt' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [
+    "BoTorchPlateauSampler",
     "Law",
     "PlateauSampler",
     "Prediction",

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import tempfile
 import time
 import warnings
@@ -34,7 +33,27 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from steplaw_opt._records import (
+    ATTR_BELIEF,
+    ATTR_FAILURE,
+    INTERRUPTED,
+    mask_url,
+    trials_table,
+)
 from steplaw_opt.errors import SteplawInputError
+
+__all__ = [
+    "ATTR_RUN_ID",
+    "ATTR_TRACKING_URI",
+    "DEFAULT_EXPERIMENT",
+    "MlflowTracker",
+    "TrackingWarning",
+    "mask_url",
+    "refined_metrics",
+    "storage_label",
+    "trial_status",
+    "trials_table",
+]
 
 DEFAULT_EXPERIMENT = "steplaw-opt"
 ATTR_RUN_ID = "steplaw.mlflow.run_id"
@@ -64,11 +83,6 @@ class TrackingWarning(UserWarning):
 
 
 # ------------------------------------------------------------------------------- helpers
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (storage URLs end up in the record)."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
-
-
 def storage_label(study: Any) -> str:
     """The study's storage as a URL (password masked), or ``in-memory``."""
     storage = study._storage
@@ -101,63 +115,12 @@ def _short(exc: BaseException) -> str:
 
 def trial_status(trial: Any) -> str:
     """The MLflow status a finished Optuna trial ends its run with."""
-    from steplaw_opt.tune import ATTR_FAILURE, INTERRUPTED
-
     state = trial.state.name
     if state == "COMPLETE" and trial.value is not None and math.isfinite(trial.value):
         return "FINISHED"
     if trial.user_attrs.get(ATTR_FAILURE) == INTERRUPTED:
         return "KILLED"
     return "FAILED" if state in ("FAIL", "COMPLETE") else "KILLED"  # PRUNED: stopped early
-
-
-def trials_table(study: Any, sampler: Any = None) -> list[dict[str, Any]]:
-    """One row per trial: its scale, parameters, loss, gap to the best at its scale, (u, v)
-    when the plateau sampler is given, compute and failure reason."""
-    from steplaw_opt.samplers._plateau import ATTR_PROPOSAL, trial_scale
-
-    unit = study.user_attrs.get("steplaw.batch_unit", "sequences")
-    best: dict[tuple[float, float], float] = {}
-    for t in study.get_trials(deepcopy=False):
-        if t.state.name == "COMPLETE" and t.value is not None and math.isfinite(t.value):
-            key = (t.user_attrs.get("steplaw.N", 0.0), t.user_attrs.get("steplaw.D", 0.0))
-            best[key] = min(best.get(key, math.inf), t.value)
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        attrs = t.user_attrs
-        seq_len = int(
-            attrs.get("steplaw.seq_len", study.user_attrs.get("steplaw.target.seq_len", 1))
-        )
-        lr, batch = t.params.get("lr"), t.params.get("batch_size")
-        row: dict[str, Any] = {
-            "trial": t.number,
-            "state": t.state.name,
-            "N": attrs.get("steplaw.N"),
-            "D": attrs.get("steplaw.D"),
-            "seq_len": seq_len,
-            "lr": lr,
-            "batch_size": batch,
-            "batch_tokens": None
-            if batch is None
-            else batch * (seq_len if unit == "sequences" else 1),
-            "loss": t.value,
-            "gap": None,
-            "u": None,
-            "v": None,
-            "compute": attrs.get("steplaw.compute"),
-            "proposal": (t.system_attrs.get(ATTR_PROPOSAL) or {}).get("kind"),
-            "failure": attrs.get("steplaw.failure"),
-        }
-        key = (attrs.get("steplaw.N", 0.0), attrs.get("steplaw.D", 0.0))
-        if t.value is not None and key in best and math.isfinite(t.value):
-            row["gap"] = t.value / best[key] - 1.0
-        if sampler is not None and lr and batch:
-            target = getattr(sampler, "target", None)
-            if target is not None:
-                u, v = sampler.space.to_uv(float(lr), float(batch), trial_scale(t, target))
-                row["u"], row["v"] = float(u), float(v)
-        rows.append(row)
-    return rows
 
 
 def refined_metrics(refined: Any) -> dict[str, float]:
@@ -672,8 +635,6 @@ class MlflowTracker:
 
     def _sync(self, refined: Any = None) -> None:
         """Record every finished trial not yet recorded, then update the parent."""
-        from steplaw_opt.tune import ATTR_FAILURE
-
         self._ensure_parent()
         fresh = [
             t
@@ -731,8 +692,6 @@ class MlflowTracker:
 
     def _trust_metrics(self, trials: list[Any]) -> dict[str, float]:
         """The trust region the sampler used for its latest proposal (system attributes)."""
-        from steplaw_opt.samplers._plateau import ATTR_BELIEF
-
         for t in reversed(trials):
             belief = t.system_attrs.get(ATTR_BELIEF) or {}
             if "trust_center" in belief:

@@ -417,7 +417,7 @@ def _command(template, **kw):
 
 
 def _plan(budget):
-    from steplaw_opt.proxy import plan_proxies
+    from steplaw_opt.tune import plan_proxies
 
     return plan_proxies(Scale(N=1e9, D=1e11), budget)
 

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steplaw_opt import SteplawInputError, bench
-from steplaw_opt._bench_surface import smooth_surface, walk_trace
-from steplaw_opt.bench import BenchConfig, run_bench
+from steplaw_opt import SteplawInputError
+from steplaw_opt.bench import BenchConfig, GridSetting, load_grids, run_bench
+from steplaw_opt.bench import _runner as bench
+from steplaw_opt.bench._surface import smooth_surface, walk_trace
 from steplaw_opt.priors import load_law
-from steplaw_opt.replay import GridSetting, load_grids
 from tests.conftest import run_cli
 
 

@@ -469,7 +469,7 @@ def test_no_input_is_an_error(capsys) -> None:
 
 def test_fit_command_module_is_light() -> None:
     code = (
-        "import sys, steplaw_opt._cli_fit, steplaw_opt.priors;"
+        "import sys, steplaw_opt.cli._fit, steplaw_opt.priors;"
         "print(','.join(m for m in ('matplotlib', 'optuna', 'pandas', 'torch', 'mlflow')"
         " if m in sys.modules))"
     )

@@ -1,7 +1,7 @@
 import pytest
 
 from steplaw_opt import Scale, SteplawInputError
-from steplaw_opt.proxy import plan_proxies, run_cost
+from steplaw_opt.tune import plan_proxies, run_cost
 
 TARGET = Scale(N=1e9, D=1e11)
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from steplaw_opt.scale import Scale
-from steplaw_opt.tune import ATTR_SLOT, _claim_slot, _make_storage
+from steplaw_opt.tune import ATTR_SLOT
+from steplaw_opt.tune._study import make_storage
+from steplaw_opt.tune._workers import claim_slot
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = Path(os.environ.get("STEPLAW_DATA", REPO.parent / "shared" / "data" / "steplaw"))
@@ -29,7 +31,7 @@ def _studies(tmp_path: Path, n: int = 2) -> list:
     url = f"sqlite:///{tmp_path / 'race.db'}"
     optuna.create_study(study_name="race", storage=url)
     return [
-        optuna.load_study(study_name="race", storage=_make_storage(optuna, url, 1))
+        optuna.load_study(study_name="race", storage=make_storage(optuna, url, 1))
         for _ in range(n)
     ]
 
@@ -50,11 +52,11 @@ def test_interleaved_asks_claim_distinct_slots(tmp_path: Path) -> None:
     ta, tb = _ask(a), _ask(b)
     got: dict[str, int | None] = {}
     # b's trial is newer: it waits until a's older trial has claimed, whatever the timing.
-    thread = threading.Thread(target=lambda: got.update(b=_claim_slot(b, tb, SCHEDULE)))
+    thread = threading.Thread(target=lambda: got.update(b=claim_slot(b, tb, SCHEDULE)))
     thread.start()
     time.sleep(0.3)
     assert thread.is_alive(), "the newer trial must wait for the older one to claim"
-    slot_a = _claim_slot(a, ta, SCHEDULE)
+    slot_a = claim_slot(a, ta, SCHEDULE)
     ta.set_user_attr(ATTR_SLOT, slot_a)
     time.sleep(0.3)
     assert thread.is_alive(), "... and for its point (lr, batch), so the sampler sees it"
@@ -66,7 +68,7 @@ def test_interleaved_asks_claim_distinct_slots(tmp_path: Path) -> None:
     tb.suggest_float("lr", 1e-4, 1e-1, log=True)
     tb.suggest_int("batch_size", 1, 1000, log=True)
     tc = _ask(a)
-    assert _claim_slot(a, tc, SCHEDULE) is None  # both slots held by running trials
+    assert claim_slot(a, tc, SCHEDULE) is None  # both slots held by running trials
 
 
 def test_interrupted_trial_frees_its_slot_and_real_failure_holds_it(tmp_path: Path) -> None:
@@ -81,12 +83,12 @@ def test_interrupted_trial_frees_its_slot_and_real_failure_holds_it(tmp_path: Pa
     t1.set_user_attr(ATTR_SLOT, 1)
     t1.set_user_attr("steplaw.failure", "diverged")
     b.tell(t1, state=optuna.trial.TrialState.FAIL)
-    assert _claim_slot(a, _ask(a), SCHEDULE) == 0
+    assert claim_slot(a, _ask(a), SCHEDULE) == 0
 
 
 def test_dead_worker_trial_is_requeued_with_its_slot_and_params(tmp_path: Path) -> None:
 
-    from steplaw_opt.tune import _fail_stale
+    from steplaw_opt.tune._workers import fail_stale
 
     a, b = _studies(tmp_path)
     t = _ask(a)
@@ -95,7 +97,7 @@ def test_dead_worker_trial_is_requeued_with_its_slot_and_params(tmp_path: Path) 
     lr = t.suggest_float("lr", 1e-4, 1e-1, log=True)
     a._storage.record_heartbeat(t._trial_id)  # then the worker "dies": no more beats
     time.sleep(3.5)  # sqlite timestamps have whole seconds; grace period 2 s
-    _fail_stale(b)
+    fail_stale(b)
     trials = b.get_trials()
     assert [x.state.name for x in trials] == ["FAIL", "WAITING"]
     retry = trials[1]
@@ -103,7 +105,7 @@ def test_dead_worker_trial_is_requeued_with_its_slot_and_params(tmp_path: Path) 
     assert retry.user_attrs["steplaw.D"] == 2e9
     assert retry.system_attrs["failed_trial"] == t.number
     # while the retry waits, neither the dead trial's slot nor another is given away twice
-    assert _claim_slot(b, _ask(b), SCHEDULE) in (0, None)
+    assert claim_slot(b, _ask(b), SCHEDULE) in (0, None)
 
 
 # ------------------------------------------------------------------ real processes, PostgreSQL

@@ -11,6 +11,7 @@ timeout, a diverged run). ``batch_size`` is in the unit the study was set up wit
 - :class:`GridReplayObjective` — the released Step Law grids, replayed.
 """
 
+from steplaw_opt._lazy import lazy_getattr
 from steplaw_opt.objectives._base import Objective, RunContext, TrialFailed
 from steplaw_opt.objectives._callable import CallableObjective
 from steplaw_opt.objectives._command import CommandObjective
@@ -27,9 +28,6 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    if name == "BuiltinTrainerObjective":  # imports torch when used
-        from steplaw_opt.objectives._builtin import BuiltinTrainerObjective
-
-        return BuiltinTrainerObjective
-    raise AttributeError(f"module 'steplaw_opt.objectives' has no attribute {name!r}")
+# The built-in trainer imports torch, so only on first use.
+_LAZY = {"BuiltinTrainerObjective": "steplaw_opt.objectives._builtin"}
+__getattr__ = lazy_getattr(__name__, _LAZY)

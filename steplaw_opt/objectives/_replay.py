@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from steplaw_opt.bench._grids import GridSetting, load_grids
 from steplaw_opt.errors import SteplawInputError
 from steplaw_opt.objectives._base import Objective, RunContext
-from steplaw_opt.replay import GridSetting, load_grids
 from steplaw_opt.scale import Scale
 
 

@@ -75,3 +75,10 @@ def parse_rounding(text: str) -> Any:
             f"--round-batch must be none, pow2 or a positive integer, got {text!r}"
         )
     return k
+
+
+def console() -> Any:
+    """A rich console on standard output (rich is imported when a command prints)."""
+    from rich.console import Console
+
+    return Console()

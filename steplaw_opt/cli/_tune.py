@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from steplaw_opt._cli_common import (
+from steplaw_opt.cli._common import (
     ActiveOpt,
     DFfOpt,
     DModelOpt,
@@ -185,45 +185,61 @@ def tune_command(
     )
     rounding = parse_rounding(round_batch)
     if refit_law is not None:
-        from steplaw_opt.tune import _check_card_path
+        from steplaw_opt.tune import check_card_path
 
-        _check_card_path(refit_law)  # before any run is spent
+        check_card_path(refit_law)  # before any run is spent
     objective = _objective(command, builtin, replay, corpus, batch_unit, timeout_per_trial)
 
     from rich.console import Console
 
-    from steplaw_opt import _render_tune as render
-    from steplaw_opt.priors import load_law
-    from steplaw_opt.proxy import plan_proxies
+    from steplaw_opt.cli import _render_tune as render
+    from steplaw_opt.tune import DEFAULT_HEARTBEAT, TuneConfig, plan_proxies
 
+    config = TuneConfig(
+        law=law,
+        budget=budget,
+        n_trials=n_trials,
+        target_runs=target_runs,
+        sampler=sampler,  # type: ignore[arg-type]
+        seed=seed,
+        batch_unit=batch_unit,  # type: ignore[arg-type]
+        lr_bounds=lr_bounds,
+        batch_bounds=batch_bounds,
+        batch_multiple=batch_multiple,
+        round_batch=rounding,
+        smaller_n=smaller_n,
+        timeout_per_trial=timeout_per_trial,
+        # a shared study needs heartbeats, so a trial whose worker dies is run again
+        heartbeat_interval=(heartbeat_interval or DEFAULT_HEARTBEAT)
+        if create_only
+        else heartbeat_interval,
+        objective_spec=_objective_spec(command, builtin, replay, corpus),
+    )
     console = Console(stderr=as_json)
-    law_obj = load_law(law)
+    law_obj = config.law_card
     plan = plan_proxies(
         target,
-        budget,
-        n_trials=n_trials,
+        config.budget,
+        n_trials=config.n_trials,
         allowed_tokens=objective.allowed_tokens(target),
-        smaller_n=smaller_n,
-        target_runs=target_runs,
+        smaller_n=config.smaller_n,
+        target_runs=config.target_runs,
     )
     render.print_header(console, target, law_obj, plan, objective.name)
     if dry_run:
         if as_json:
             print(json.dumps({"plan": plan.to_dict()}, indent=2))
         return
-    from steplaw_opt.tracking import mask_url
-    from steplaw_opt.tune import DEFAULT_HEARTBEAT, tune
+    from steplaw_opt._records import mask_url
     from steplaw_opt.tune import default_study_name as default_name
+    from steplaw_opt.tune import tune
 
-    if create_only:
-        if storage in (None, ":memory:"):
-            raise SteplawInputError(
-                "--create-only needs a --storage that workers can share (postgresql://… for "
-                "many machines, sqlite:///file.db for one), not "
-                f"{storage or 'the default'!r}"
-            )
-        heartbeat_interval = heartbeat_interval or DEFAULT_HEARTBEAT
-    spec = _objective_spec(command, builtin, replay, corpus)
+    if create_only and storage in (None, ":memory:"):
+        raise SteplawInputError(
+            "--create-only needs a --storage that workers can share (postgresql://… for "
+            "many machines, sqlite:///file.db for one), not "
+            f"{storage or 'the default'!r}"
+        )
     tracker = _tracker(tracking_uri, experiment, not no_mlflow, console)
     display = render.TrialDisplay(console, plan.total_runs, enabled=not as_json)
     try:
@@ -231,25 +247,11 @@ def tune_command(
             result = tune(
                 target,
                 objective,
-                law=law_obj,
-                budget=budget,
-                n_trials=n_trials,
-                sampler=sampler,  # type: ignore[arg-type]
+                config=config,
                 storage=storage,
                 study_name=study_name,
-                seed=seed,
-                batch_unit=batch_unit,
-                batch_multiple=batch_multiple,
-                lr_bounds=lr_bounds,
-                batch_bounds=batch_bounds,
-                round_batch=rounding,
-                timeout_per_trial=timeout_per_trial,
-                smaller_n=smaller_n,
-                target_runs=target_runs,
                 on_trial=display.update,
                 tracker=tracker,
-                heartbeat_interval=heartbeat_interval,
-                objective_spec=spec,
                 create_only=create_only,
                 refit_law=refit_law,
             )

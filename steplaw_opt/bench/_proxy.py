@@ -15,7 +15,7 @@ user keeps — the best of the ``K`` target runs — to the target grid's best l
 
 ``K = 0`` scores the refined optimum after the proxies alone. Each gap is reported on the raw grid
 (the loss of the nearest grid point) and on the smoothed surface of the main benchmark
-(:func:`~steplaw_opt._bench_surface.smooth_surface`): the raw grid's run-to-run noise (~0.05–0.1 %
+(:func:`~steplaw_opt.bench._surface.smooth_surface`): the raw grid's run-to-run noise (~0.05–0.1 %
 near the minimum) is as large as the law's own gap, so the smoothed score says whether a point is
 better, the raw score what one run there measured. Priors: the published law, and the law refitted
 without the target setting (leave-one-setting-out, the authors' method).
@@ -31,10 +31,10 @@ from typing import Any
 
 import pandas as pd
 
+from steplaw_opt.bench._grids import GridSetting, load_grids
 from steplaw_opt.errors import SteplawInputError
 from steplaw_opt.objectives import GridReplayObjective
 from steplaw_opt.priors import fit_law_ols, load_law
-from steplaw_opt.replay import GridSetting, load_grids
 from steplaw_opt.scale import Scale
 
 
@@ -58,7 +58,7 @@ def _loo_law(grid_path: str | Path | None, target_key: tuple[float, float]) -> A
 
 
 def _default_path() -> Path:
-    from steplaw_opt.replay import default_grid_path
+    from steplaw_opt.bench._grids import default_grid_path
 
     return default_grid_path()
 
@@ -67,7 +67,7 @@ class _Scorer:
     """Raw and smoothed gaps of (lr, batch) points at one target setting."""
 
     def __init__(self, setting: GridSetting) -> None:
-        from steplaw_opt._bench_surface import smooth_surface
+        from steplaw_opt.bench._surface import smooth_surface
 
         self.setting = setting
         self.surface = smooth_surface(setting)

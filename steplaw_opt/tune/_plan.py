@@ -73,6 +73,26 @@ def run_cost(scale: Scale, target: Scale) -> float:
     return float(scale.N or 0) * float(scale.D or 0) / (float(target.N or 0) * float(target.D or 0))
 
 
+def check_budget(budget: float, n_trials: int | None, target_runs: int) -> None:
+    """One line naming the bad value for a budget, run cap or number of target runs that no
+    plan can honour (before a target is known: :class:`~steplaw_opt.tune.TuneConfig` checks
+    them at construction)."""
+    if (
+        isinstance(budget, bool)
+        or not isinstance(budget, (int, float))
+        or not (math.isfinite(budget) and budget >= 0)
+    ):
+        raise SteplawInputError(f"budget must be a non-negative number, got {budget!r}")
+    if n_trials is not None and (isinstance(n_trials, bool) or n_trials < 1):
+        raise SteplawInputError(f"n_trials must be a positive integer, got {n_trials!r}")
+    if isinstance(target_runs, bool) or target_runs < 0:
+        raise SteplawInputError(f"target_runs must be a non-negative integer, got {target_runs!r}")
+    if target_runs > budget + 1e-9:
+        raise SteplawInputError(
+            f"{target_runs} target run(s) cost {target_runs:.2f} but the budget is {budget:g}"
+        )
+
+
 def plan_proxies(
     target: Scale,
     budget: float = 1.0,
@@ -95,20 +115,7 @@ def plan_proxies(
         smaller_n: also plan stages at a quarter of the target's N (same token fractions).
         target_runs: runs at the target scale itself, each costing 1.0 of the budget.
     """
-    if (
-        isinstance(budget, bool)
-        or not isinstance(budget, (int, float))
-        or not (math.isfinite(budget) and budget >= 0)
-    ):
-        raise SteplawInputError(f"budget must be a non-negative number, got {budget!r}")
-    if n_trials is not None and (isinstance(n_trials, bool) or n_trials < 1):
-        raise SteplawInputError(f"n_trials must be a positive integer, got {n_trials!r}")
-    if isinstance(target_runs, bool) or target_runs < 0:
-        raise SteplawInputError(f"target_runs must be a non-negative integer, got {target_runs!r}")
-    if target_runs > budget + 1e-9:
-        raise SteplawInputError(
-            f"{target_runs} target run(s) cost {target_runs:.2f} but the budget is {budget:g}"
-        )
+    check_budget(budget, n_trials, target_runs)
     for f in fractions:
         if not 0 < f < 1:
             raise SteplawInputError(f"proxy fractions must be in (0, 1), got {f!r}")

@@ -1,6 +1,6 @@
 """Helpers of the replay benchmark: the smoothed loss surface and the naive neighbour walk.
 
-Both work on one :class:`~steplaw_opt.replay.GridSetting` with NumPy only.
+Both work on one :class:`~steplaw_opt.bench._grids.GridSetting` with NumPy only.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from steplaw_opt.replay import GridSetting
+from steplaw_opt.bench._grids import GridSetting
 
 SMOOTH_REGION = 0.03  # fit the points within 3 % of the setting's minimum
 SMOOTH_DEGREE = 3  # full cubic in (ln lr, ln batch): 10 coefficients

@@ -292,7 +292,7 @@ def _run(**opts: Any) -> None:
     out = _check_output(opts["out"], "--out")
     plot = _check_output(opts["plot"], "--plot")
     if plot is not None:
-        from steplaw_opt._fit_plot import check_plot_path
+        from steplaw_opt.plots._fit import check_plot_path
 
         check_plot_path(plot)
     prior_law = None if opts["prior"] == "none" else load_law(opts["prior"])
@@ -322,7 +322,7 @@ def _run(**opts: Any) -> None:
     if plot is not None:  # the plot first: if it fails, the card is not written either
         if result is None:
             raise SteplawInputError(f"--plot needs a fit of its own, and {fit_error}")
-        from steplaw_opt._fit_plot import plot_fit
+        from steplaw_opt.plots._fit import plot_fit
 
         plot_fit(plot, result, runs, refine)
     if out is not None:

@@ -45,7 +45,7 @@ def worker_command(
         raise SteplawInputError(f"--heartbeat-interval must be >= 1, got {heartbeat_interval}")
     from rich.console import Console
 
-    from steplaw_opt import _render_tune as render
+    from steplaw_opt.cli import _render_tune as render
     from steplaw_opt.tracking import ATTR_TRACKING_URI, MlflowTracker
     from steplaw_opt.tune import load_tuned_study, run_worker, sigterm_as_interrupt
 

@@ -3,8 +3,8 @@
 Protocol (the project design, section "Benchmark"):
 
 - Data: a released grid CSV (default ``../shared/data/steplaw/dense_lr_bs_loss.csv``), one
-  :class:`~steplaw_opt.replay.GridSetting` per (N, D) group (17 in the released data).
-- Objective: :class:`~steplaw_opt.replay.ReplayObjective` — the measured smooth loss of the grid
+  :class:`~steplaw_opt.bench.GridSetting` per (N, D) group (17 in the released data).
+- Objective: :class:`~steplaw_opt.bench.ReplayObjective` — the measured smooth loss of the grid
   point nearest to the proposal in (ln lr, ln batch). Every method searches the same box:
   ``lr`` (float, log) and ``batch_size`` (float, log, sequences) over the data's overall lr and
   batch range (2.44e-4 … 2.21e-2, 16 … 2048 for the released data).
@@ -16,7 +16,7 @@ Protocol (the project design, section "Benchmark"):
   k = 0.
 - Score: the gap of the recommended grid point, loss / setting minimum − 1, in %, on the raw
   grid (``gap_raw``) and on a smoothed surface (``gap_smooth``; see
-  :func:`steplaw_opt._bench_surface.smooth_surface`), because the raw grid's noise (~0.05 %) is
+  :func:`steplaw_opt.bench._surface.smooth_surface`), because the raw grid's noise (~0.05 %) is
   as large as the differences near the minimum. Also recorded: the number of distinct grid points
   among the first k trials (a proposal that lands on an evaluated point wastes a trial).
 - Priors: ``published`` — the shipped Step Law card; ``loo`` — the law refitted with
@@ -48,10 +48,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steplaw_opt._bench_surface import SmoothSurface, best_observed, smooth_surface, walk_trace
+from steplaw_opt.bench._grids import GridSetting, ReplayObjective, default_grid_path, load_grids
+from steplaw_opt.bench._surface import SmoothSurface, best_observed, smooth_surface, walk_trace
 from steplaw_opt.errors import SteplawInputError
 from steplaw_opt.priors import Law, fit_law_ols, load_law
-from steplaw_opt.replay import GridSetting, ReplayObjective, default_grid_path, load_grids
 
 METHODS = ("law", "random", "tpe", "gp", "cmaes", "walk", "plateau", "plateau-ts", "botorch")
 STOCK = ("random", "tpe", "gp", "cmaes")

@@ -72,7 +72,7 @@ def report_command(
 def _from_study(
     name: str, storage: str, law: str | None, round_batch: str, out: str | None, no_plots: bool
 ) -> dict[str, Any]:
-    from steplaw_opt._cli_common import parse_rounding
+    from steplaw_opt.cli._common import parse_rounding
     from steplaw_opt.samplers import refined_optimum
     from steplaw_opt.tracking import ATTR_RUN_ID, ATTR_TRACKING_URI, mask_url, trials_table
     from steplaw_opt.tune import load_tuned_study

@@ -10,9 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from steplaw_opt.priors import Law
-from steplaw_opt.proxy import ProxyPlan
 from steplaw_opt.scale import Scale
 from steplaw_opt.sizes import format_size
+from steplaw_opt.tune._plan import ProxyPlan
 
 
 def _seq(x: float) -> str:

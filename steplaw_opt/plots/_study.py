@@ -74,7 +74,7 @@ def _resolve_sampler(study: Any, sampler: Any) -> Any:
     if sampler is None:
         sampler = study.sampler
     if not isinstance(sampler, PlateauSampler):
-        from steplaw_opt.tune import sampler_from_study
+        from steplaw_opt.samplers import sampler_from_study
 
         sampler = sampler_from_study(study)
     return sampler
@@ -101,7 +101,7 @@ def _model(study: Any, sampler: Any, trials: int | None = None) -> _Model:
     if not region.contains(w_star)[0]:
         # The bowl's bottom lies outside the trusted region: gaps are measured from its lowest
         # point inside the region, which is also where the refined optimum sits.
-        from steplaw_opt.samplers._refined import constrained_argmin
+        from steplaw_opt.samplers._region import constrained_argmin
 
         w_star = constrained_argmin(region, w_star, hessian)
     return _Model(sampler, hist, box, w_star, hessian, posterior, region, bottom)
@@ -137,7 +137,7 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _trial_points(study: Any, sampler: Any) -> list[dict[str, Any]]:
-    from steplaw_opt.tracking import trials_table
+    from steplaw_opt._records import trials_table
 
     return [r for r in trials_table(study, sampler) if r["u"] is not None]
 

@@ -21,7 +21,7 @@ from steplaw_opt.scale import Scale
 
 REQUIRED_COLUMNS = ("lr", "bs", "N", "D")
 DEFAULT_LOSS_COLUMN = "smooth loss"
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "steplaw"
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "steplaw"
 LR_GRID_STEP = math.log(math.sqrt(2.0))  # the released lr values sit on a √2 grid
 
 
@@ -150,7 +150,7 @@ class ReplayObjective:
 
     Example:
         >>> import optuna
-        >>> from steplaw_opt.replay import ReplayObjective, load_grids
+        >>> from steplaw_opt.bench import ReplayObjective, load_grids
         >>> setting = load_grids()[0]                       # doctest: +SKIP
         >>> objective = ReplayObjective(setting)            # doctest: +SKIP
         >>> study = optuna.create_study()                   # doctest: +SKIP

@@ -1,0 +1,112 @@
+"""``steplaw-opt predict`` and ``steplaw-opt laws``: what the law cards say, no run needed.
+
+Kept light on purpose: a prediction imports the law cards and rich, never torch, BoTorch, Optuna's
+samplers or MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from steplaw_opt.cli._common import (
+    ActiveOpt,
+    DFfOpt,
+    DModelOpt,
+    NHeadsOpt,
+    NLayersOpt,
+    ParamsOpt,
+    PlainFfnOpt,
+    SeqLenOpt,
+    TargetLossOpt,
+    TokensOpt,
+    VocabOpt,
+    build_scale,
+    parse_rounding,
+)
+from steplaw_opt.cli._common import console as _console
+
+laws_app = typer.Typer(help="List the law cards, or show one.", invoke_without_command=True)
+
+
+# --------------------------------------------------------------------------------- predict
+def predict(
+    tokens: TokensOpt,
+    params: ParamsOpt = None,
+    seq_len: SeqLenOpt = 2048,
+    law: Annotated[
+        str, typer.Option("--law", help="A law name, 'all', or a path to a card (.toml).")
+    ] = "step-law",
+    round_batch: Annotated[
+        str,
+        typer.Option(
+            "--round-batch",
+            help="Round the batch in sequences: none, pow2, or k (a multiple of k).",
+        ),
+    ] = "none",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    d_model: DModelOpt = None,
+    d_ff: DFfOpt = None,
+    n_layers: NLayersOpt = None,
+    n_heads: NHeadsOpt = None,
+    vocab: VocabOpt = None,
+    plain_ffn: PlainFfnOpt = False,
+    active_params: ActiveOpt = None,
+    target_loss: TargetLossOpt = None,
+) -> None:
+    """Predict the optimal peak learning rate and batch size at a scale, with intervals."""
+    from steplaw_opt.priors import list_laws, load_law
+
+    scale = build_scale(
+        params,
+        tokens,
+        seq_len,
+        d_model,
+        d_ff,
+        n_layers,
+        n_heads,
+        vocab,
+        plain_ffn,
+        active_params,
+        target_loss,
+    )
+    rounding = parse_rounding(round_batch)
+    laws = list_laws() if law == "all" else [load_law(law)]
+    predictions = [lw.predict(scale, round_batch=rounding) for lw in laws]
+    if as_json:
+        docs = [p.to_dict() for p in predictions]
+        # Top-level keys describe the first law (the Step Law for --law all), so scripts can
+        # read doc["lr"] either way; --law all adds every law under "laws".
+        doc = {**docs[0], "laws": docs} if law == "all" else docs[0]
+        print(json.dumps(doc, indent=2))
+        return
+    from steplaw_opt.cli import _render
+
+    console = _console()
+    if len(predictions) == 1:
+        _render.print_prediction(console, laws[0], predictions[0])
+    else:
+        _render.print_predictions(console, laws, predictions)
+
+
+# --------------------------------------------------------------------------------- laws
+@laws_app.callback()
+def laws_list(ctx: typer.Context) -> None:
+    """List the shipped law cards."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from steplaw_opt.cli import _render
+    from steplaw_opt.priors import list_laws
+
+    _render.print_laws(_console(), list_laws())
+
+
+@laws_app.command("show")
+def laws_show(name: Annotated[str, typer.Argument(help="A law name or a path to a card.")]) -> None:
+    """Print one law card in full."""
+    from steplaw_opt.cli import _render
+    from steplaw_opt.priors import load_law
+
+    _render.print_law(_console(), load_law(name))

@@ -1,0 +1,271 @@
+"""The settings of a tuning study, and what they make: the plan, the bounds and the sampler.
+
+:class:`TuneConfig` is checked once, when it is made; the study stores it (``steplaw.config``,
+JSON) and every worker rebuilds it from there, so all processes on one study run the same plan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from steplaw_opt._records import BATCH_PARAM, LR_PARAM
+from steplaw_opt.errors import SteplawInputError
+from steplaw_opt.priors import Law, Prior, load_law
+from steplaw_opt.priors._law import BatchRounding
+from steplaw_opt.scale import Scale
+from steplaw_opt.space import BatchUnit
+from steplaw_opt.tune._plan import ProxyPlan, check_budget, plan_proxies
+
+SamplerName = Literal["plateau", "botorch"]
+SAMPLERS = ("plateau", "botorch")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How a study tunes: the law, the budget, the search space and how runs are made.
+
+    Every field is checked when the config is made (one :class:`SteplawInputError` line naming
+    the bad value); checks that need the target (bounds against the trust region) run when the
+    study is set up.
+
+    Args:
+        law: a law card's name, a path to a card (``.toml``), or a :class:`Law`.
+        budget: proxy compute in target-run equivalents (ΣN·D of the runs ÷ N·D of the target).
+        n_trials: cap on the number of runs.
+        target_runs: full runs at the target scale inside the budget (each costs 1.0).
+        sampler: ``"plateau"`` (NumPy) or ``"botorch"`` (Gaussian process).
+        seed: the sampler's seed.
+        batch_unit: unit of the batch parameter: ``"sequences"`` (of the target's ``seq_len``)
+            or ``"tokens"``.
+        lr_bounds, batch_bounds: hard bounds (default: wide around every planned scale's law
+            point; the trust region does the narrowing).
+        batch_multiple: the batch must be a multiple of this (micro-batch × data-parallel size).
+        round_batch: quantisation of the recommended batch: ``"none"``, ``"pow2"`` or ``k``.
+        smaller_n: allow proxy runs at a quarter of the target's N.
+        timeout_per_trial: seconds before a run is stopped and counted as failed.
+        heartbeat_interval: seconds between heartbeats of a running trial (SQL storages only);
+            a trial whose worker stops beating for twice as long is failed and re-queued with
+            the same parameters and scale. ``None``: no heartbeats (one worker).
+        objective_spec: how ``steplaw-opt worker`` rebuilds the objective (stored in the study).
+
+    Example:
+        >>> from steplaw_opt.tune import TuneConfig
+        >>> config = TuneConfig(budget=0.5, batch_multiple=8)
+        >>> config.law_card.name, config.to_dict()["budget"]
+        ('step-law', 0.5)
+    """
+
+    law: str | Path | Law = "step-law"
+    budget: float = 1.0
+    n_trials: int | None = None
+    target_runs: int = 0
+    sampler: SamplerName = "plateau"
+    seed: int | None = None
+    batch_unit: BatchUnit = "sequences"
+    lr_bounds: tuple[float, float] | None = None
+    batch_bounds: tuple[float, float] | None = None
+    batch_multiple: int | None = None
+    round_batch: BatchRounding = "none"
+    smaller_n: bool = False
+    timeout_per_trial: float | None = None
+    heartbeat_interval: int | None = None
+    objective_spec: dict[str, Any] | None = None
+    _law: Law = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_law", load_law(self.law))
+        if self.batch_unit not in ("sequences", "tokens"):
+            raise SteplawInputError(
+                f"batch_unit must be 'sequences' or 'tokens', got {self.batch_unit!r}"
+            )
+        m = self.batch_multiple
+        if m is not None and (isinstance(m, bool) or m < 1):
+            raise SteplawInputError(f"batch_multiple must be a positive integer, got {m!r}")
+        hb = self.heartbeat_interval
+        if hb is not None and (isinstance(hb, bool) or int(hb) != hb or hb < 1):
+            raise SteplawInputError(
+                f"the heartbeat interval must be a whole number of seconds >= 1, got {hb!r}"
+            )
+        if self.sampler not in SAMPLERS:
+            raise SteplawInputError(f"unknown sampler {self.sampler!r}; choose plateau or botorch")
+        check_budget(self.budget, self.n_trials, self.target_runs)
+
+    @property
+    def law_card(self) -> Law:
+        """The loaded law card."""
+        return self._law
+
+    def law_ref(self) -> str:
+        """How a worker finds the card again: its name, or a card file's absolute path."""
+        if isinstance(self.law, Law):
+            return self._law.name
+        ref = str(self.law)
+        return str(Path(ref).resolve()) if Path(ref).is_file() else ref
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document the study stores (``steplaw.config``)."""
+        rounding = self.round_batch
+        return {
+            "law": self.law_ref(),
+            "budget": float(self.budget),
+            "n_trials": self.n_trials,
+            "target_runs": int(self.target_runs),
+            "sampler": self.sampler,
+            "seed": self.seed,
+            "batch_unit": self.batch_unit,
+            "lr_bounds": list(self.lr_bounds) if self.lr_bounds else None,
+            "batch_bounds": list(self.batch_bounds) if self.batch_bounds else None,
+            "batch_multiple": self.batch_multiple,
+            "round_batch": rounding if isinstance(rounding, (str, int)) else "none",
+            "smaller_n": bool(self.smaller_n),
+            "timeout_per_trial": self.timeout_per_trial,
+            "heartbeat_interval": self.heartbeat_interval,
+            "objective": self.objective_spec,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> TuneConfig:
+        """The config a study stored (:meth:`to_dict`); keys an older version did not write
+        take their defaults."""
+        lr_b, batch_b = doc.get("lr_bounds"), doc.get("batch_bounds")
+        return cls(
+            law=doc.get("law", "step-law"),
+            budget=doc.get("budget", 1.0),
+            n_trials=doc.get("n_trials"),
+            target_runs=int(doc.get("target_runs") or 0),
+            sampler=doc.get("sampler", "plateau"),
+            seed=doc.get("seed"),
+            batch_unit=doc.get("batch_unit", "sequences"),
+            lr_bounds=tuple(lr_b) if lr_b else None,  # type: ignore[arg-type]
+            batch_bounds=tuple(batch_b) if batch_b else None,  # type: ignore[arg-type]
+            batch_multiple=doc.get("batch_multiple"),
+            round_batch=doc.get("round_batch", "none"),
+            smaller_n=bool(doc.get("smaller_n")),
+            timeout_per_trial=doc.get("timeout_per_trial"),
+            heartbeat_interval=doc.get("heartbeat_interval"),
+            objective_spec=doc.get("objective"),
+        )
+
+
+def default_bounds(
+    law: Law, target: Scale, scales: Sequence[Scale], batch_unit: str
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Bounds that hold every planned scale's trust region with room to spare: the law's point
+    at each scale ± max(2, 4 prior standard deviations) in ln units."""
+    prior = Prior.from_law(law, target)
+    reach = max(2.0, 4.0 * float(prior.sd.max()))
+    lrs, batches = [], []
+    for s in [target, *scales]:
+        per_unit = 1.0 if batch_unit == "tokens" else float(s.seq_len)
+        lrs.append(math.log(law.lr_at(s)))
+        batches.append(math.log(law.batch_tokens_at(s) / per_unit))
+    lr = (math.exp(min(lrs) - reach), min(1.0, math.exp(max(lrs) + reach)))
+    batch = (max(1.0, math.exp(min(batches) - reach)), math.exp(max(batches) + reach))
+    return lr, batch
+
+
+def make_sampler(name: str, target: Scale, law: Law, batch_unit: str, seed: int | None) -> Any:
+    """The study's sampler: :class:`PlateauSampler` or :class:`BoTorchPlateauSampler` on the
+    parameters ``lr`` and ``batch_size``."""
+    from steplaw_opt import samplers
+
+    if name not in SAMPLERS:
+        raise SteplawInputError(f"unknown sampler {name!r}; choose plateau or botorch")
+    cls = samplers.PlateauSampler if name == "plateau" else samplers.BoTorchPlateauSampler
+    return cls(
+        target,
+        law=law,
+        lr_param=LR_PARAM,
+        batch_param=BATCH_PARAM,
+        batch_unit=batch_unit,  # type: ignore[arg-type]
+        seed=seed,
+    )
+
+
+def check_bounds(
+    law: Law,
+    target: Scale,
+    schedule: Sequence[Scale],
+    batch_unit: str,
+    lr_bounds: tuple[float, float] | None,
+    batch_bounds: tuple[float, float] | None,
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The search bounds (the defaults where not given), refused in one line when they are
+    not ``0 < low < high`` or hold none of the target's trust region."""
+    default_lr, default_batch = default_bounds(law, target, schedule, batch_unit)
+    lr_b = lr_bounds or default_lr
+    batch_b = batch_bounds or default_batch
+    for name, (lo, hi) in (("lr", lr_b), ("batch", batch_b)):
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+            raise SteplawInputError(f"{name} bounds must satisfy 0 < low < high, got [{lo}, {hi}]")
+    # The whole trust region outside the bounds is a mistake worth stopping for.
+    from steplaw_opt.priors import TrustRegion
+    from steplaw_opt.space import LawSpace
+
+    space = LawSpace(law, batch_unit)  # type: ignore[arg-type]
+    box = space.bounds_uv(lr_b, batch_b, target)
+    TrustRegion.from_prior(Prior.from_law(law, target), box=box)
+    return (float(lr_b[0]), float(lr_b[1])), (float(batch_b[0]), float(batch_b[1]))
+
+
+def batch_distribution(bounds: tuple[float, float], multiple: int | None) -> dict[str, Any]:
+    """Keywords of ``trial.suggest_int`` for the batch: log-uniform whole numbers, or the
+    multiples of ``multiple`` inside ``bounds``."""
+    lo, hi = bounds
+    if multiple is None:
+        low, high = max(1, math.ceil(lo)), max(1, math.floor(hi))
+        if high <= low:
+            raise SteplawInputError(f"batch bounds [{lo:g}, {hi:g}] hold no whole batch size")
+        return {"low": low, "high": high, "log": True}
+    low = multiple * max(1, math.ceil(lo / multiple))
+    high = multiple * math.floor(hi / multiple)
+    if high < low:
+        raise SteplawInputError(
+            f"no multiple of --batch-multiple {multiple} lies in the batch bounds [{lo:g}, {hi:g}]"
+        )
+    return {"low": low, "high": high, "step": multiple}
+
+
+@dataclass
+class StudySetup:
+    """What a config makes at a target: the plan, its schedule (one scale per planned run),
+    the bounds, the batch distribution and the sampler."""
+
+    target: Scale
+    config: TuneConfig
+    plan: ProxyPlan
+    schedule: list[Scale]
+    lr_bounds: tuple[float, float]
+    batch_dist: dict[str, Any]
+    sampler: Any
+
+    @property
+    def law(self) -> Law:
+        return self.config.law_card
+
+    @classmethod
+    def build(
+        cls, target: Scale, config: TuneConfig, allowed_tokens: Sequence[float] | None
+    ) -> StudySetup:
+        """The plan, bounds and sampler of a study; ``allowed_tokens`` are the token counts the
+        objective can run (a replayed grid), or ``None``."""
+        law = config.law_card
+        plan = plan_proxies(
+            target,
+            config.budget,
+            n_trials=config.n_trials,
+            allowed_tokens=allowed_tokens,
+            smaller_n=bool(config.smaller_n),
+            target_runs=int(config.target_runs or 0),
+        )
+        schedule = list(plan.schedule())
+        lr_b, batch_b = check_bounds(
+            law, target, schedule, config.batch_unit, config.lr_bounds, config.batch_bounds
+        )
+        batch_dist = batch_distribution(batch_b, config.batch_multiple)
+        sampler = make_sampler(config.sampler, target, law, config.batch_unit, config.seed)
+        return cls(target, config, plan, schedule, lr_b, batch_dist, sampler)
