@@ -2,12 +2,17 @@
 
 - :mod:`~steplaw_opt.bench._grids` — the released measurements as :class:`GridSetting` objects
   (one per (N, D)) and :class:`ReplayObjective`, the measured loss of the nearest grid point;
-- :mod:`~steplaw_opt.bench._surface` — noise-free surfaces fitted to a grid (the score that run
-  noise cannot flatter) and the reference walk;
+- :mod:`~steplaw_opt.bench._surfaces` — the noise-free surfaces a recommendation is scored on
+  (a cubic, a quadratic, a Gaussian process), which one run's noise cannot flatter;
+- :mod:`~steplaw_opt.bench._shift` — shifted landscapes: the grids with the optimum moved by a
+  known offset, so the law is wrong by a known amount;
+- :mod:`~steplaw_opt.bench._surface` — the cubic surface on the grid's cells (proxy mode) and
+  the reference walk;
 - :mod:`~steplaw_opt.bench._runner` — ``steplaw-opt bench``: every method at budgets of k
   trials, side by side;
 - :mod:`~steplaw_opt.bench._proxy` — ``steplaw-opt bench --proxy``: proxy runs at cheaper
-  settings, scored at the target.
+  settings, scored at the target;
+- :mod:`~steplaw_opt.bench._report` — ``--report DIR``: a markdown page and PNG budget curves.
 
 Only the grids load eagerly (NumPy): the runner and proxy mode import pandas and Optuna on first
 use, so :mod:`steplaw_opt.objectives` can replay grids without them.
@@ -28,6 +33,7 @@ from steplaw_opt.bench._grids import GridSetting, ReplayObjective, default_grid_
 
 if TYPE_CHECKING:
     from steplaw_opt.bench._proxy import ProxyBenchConfig, run_proxy_bench
+    from steplaw_opt.bench._report import write_report
     from steplaw_opt.bench._runner import (
         BenchConfig,
         BenchResult,
@@ -35,7 +41,9 @@ if TYPE_CHECKING:
         measure_overhead,
         run_bench,
     )
+    from steplaw_opt.bench._shift import Shift
     from steplaw_opt.bench._surface import SmoothSurface, smooth_surface
+    from steplaw_opt.bench._surfaces import NoiseFreeSurface, noise_free_surfaces
 
 # Heavier names resolve on first use (PEP 562).
 _LAZY = {
@@ -48,6 +56,10 @@ _LAZY = {
     "run_proxy_bench": "steplaw_opt.bench._proxy",
     "SmoothSurface": "steplaw_opt.bench._surface",
     "smooth_surface": "steplaw_opt.bench._surface",
+    "Shift": "steplaw_opt.bench._shift",
+    "NoiseFreeSurface": "steplaw_opt.bench._surfaces",
+    "noise_free_surfaces": "steplaw_opt.bench._surfaces",
+    "write_report": "steplaw_opt.bench._report",
 }
 
 
@@ -58,14 +70,18 @@ __all__ = [
     "BenchConfig",
     "BenchResult",
     "GridSetting",
+    "NoiseFreeSurface",
     "ProxyBenchConfig",
     "ReplayObjective",
+    "Shift",
     "SmoothSurface",
     "default_grid_path",
     "law_index",
     "load_grids",
     "measure_overhead",
+    "noise_free_surfaces",
     "run_bench",
     "run_proxy_bench",
     "smooth_surface",
+    "write_report",
 ]

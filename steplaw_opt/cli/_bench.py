@@ -28,7 +28,29 @@ def bench(
         str | None,
         typer.Option(
             "--methods",
-            help="Comma list of law, random, tpe, gp, cmaes, walk, plateau, botorch [all].",
+            help="Comma list of law, random, tpe, gp, cmaes, walk, plateau, plateau-ts, botorch "
+            "(default: law, random, tpe, cmaes, walk, plateau; --full: all).",
+        ),
+    ] = None,
+    shift: Annotated[
+        str | None,
+        typer.Option(
+            "--shift",
+            help="Landscapes, comma list: none, const:A, drift-D:A, drift-N:A, drift-ND:A (A in "
+            "ln units, |A| <= 0.7), or all (default: none,const:0.5; --full: all).",
+        ),
+    ] = None,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full", help="Every method (GP, BoTorch, Thompson) on every shift family."
+        ),
+    ] = False,
+    report: Annotated[
+        str | None,
+        typer.Option(
+            "--report",
+            help="Also write a markdown summary and PNG budget curves to this folder.",
         ),
     ] = None,
     prior: Annotated[
@@ -84,7 +106,13 @@ def bench(
         methods=methods,
         prior=prior,
         quick=quick,
+        full=full,
+        shifts=shift,
     )
+    if report is not None:
+        from steplaw_opt.bench._report import check_report_dir
+
+        check_report_dir(report)
     from rich.console import Console
     from rich.progress import Progress
 
@@ -97,6 +125,11 @@ def bench(
 
         result = bench_mod.run_bench(config, progress=progress)
     over = bench_mod.measure_overhead(config) if overhead else None
+    if report is not None:
+        from steplaw_opt.bench._report import write_report
+
+        written = write_report(report, result, over)
+        Console(stderr=True).print(f"report written to {written}", highlight=False)
     if as_json:
         doc = result.to_dict()
         if over is not None:
