@@ -432,10 +432,16 @@ class PlateauSampler(BaseSampler):
             hist.best_w = hist.w[[int(np.argmin(y))]]
         return hist
 
-    def fit(self, hist: _History) -> BowlPosterior:
+    def fit(self, hist: _History, *, law_width_only: bool = False) -> BowlPosterior:
         """The bowl over every scale the history knows, including any :meth:`_History.group_of`
-        has added since (a trial's own, new scale), so that scale gets its offset."""
+        has added since (a trial's own, new scale), so that scale gets its offset.
+
+        ``law_width_only``: the law's error at its own width only, not the mixture of widths
+        (:class:`~steplaw_opt.landscape.BowlPrior`): the plateau-mapping proposals use it."""
         n = max(len(hist.group_scales), 1)
+        bowl = self._bowl
+        if law_width_only:
+            bowl = dataclasses.replace(bowl, law_widths=(1.0,), law_weights=(1.0,))
         return fit_bowl(
             hist.w,
             hist.y,
@@ -443,7 +449,7 @@ class PlateauSampler(BaseSampler):
             n,
             prior_mean=self._prior.mean,
             prior_cov=self._prior.cov,
-            bowl=self._bowl,
+            bowl=bowl,
         )
 
     def trust_region(
@@ -531,7 +537,12 @@ class PlateauSampler(BaseSampler):
             and not self._too_close(law_point[None], taken, coarse=self._mapping(hist))[0]
         ):
             return law_point, "law", belief
-        posterior = self.fit(hist) if len(hist.y) else None
+        # While the plateau is mapped the proposals trust the law's own width: a design around
+        # the law that the mixture's wider posterior would scatter (on a landscape with a cliff
+        # beside the optimum it sent early runs far off and over the edge). The mixture decides
+        # once the lattice is done, and always decides the refined optimum.
+        mapping = self._mapping(hist)
+        posterior = self.fit(hist, law_width_only=mapping) if len(hist.y) else None
         region, _ = self.trust_region(hist, posterior, box, rng)
         belief["trust_center"] = region.center.tolist()
         belief["trust_radius_sd"] = float(math.sqrt(region.radius2))

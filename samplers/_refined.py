@@ -10,9 +10,10 @@ import numpy as np
 import optuna
 
 from steplaw_opt.errors import SteplawInputError
-from steplaw_opt.priors._law import Z68, Z95, BatchRounding, round_batch_sequences
+from steplaw_opt.priors._law import BatchRounding, round_batch_sequences
 from steplaw_opt.samplers._region import bottom_in_region
 
+MASS68, MASS95 = 0.6827, 0.95
 DEFAULT_PLATEAU_EPS = 0.0025  # the Step Law authors' threshold: within 0.25 % of the minimum
 
 
@@ -116,10 +117,17 @@ def refined_optimum(
     tokens_per = sampler.space.tokens_per_batch_unit(target)
     batch_tokens = batch * tokens_per
     ln_lr0, ln_b0 = sampler.space.origin(target)
-    sd = draws.std(axis=0) if len(draws) > 1 else np.zeros(2)
+    # Central credible intervals from the draws' quantiles, placed around the recommendation:
+    # w* = −A⁻¹b/2 is a ratio with heavy tails, so ±z·sd would overstate where it lies.
+    center = np.median(draws, axis=0) if len(draws) > 1 else np.zeros(2)
 
-    def interval(center_ln: float, s: float, z: float, factor: float = 1.0) -> tuple[float, float]:
-        return (math.exp(center_ln - z * s) * factor, math.exp(center_ln + z * s) * factor)
+    def interval(
+        center_ln: float, axis: int, mass: float, factor: float = 1.0
+    ) -> tuple[float, float]:
+        if len(draws) < 2:
+            return (math.exp(center_ln) * factor, math.exp(center_ln) * factor)
+        lo, hi = np.quantile(draws[:, axis], [(1 - mass) / 2, (1 + mass) / 2]) - center[axis]
+        return (math.exp(center_ln + lo) * factor, math.exp(center_ln + hi) * factor)
 
     delta = math.log1p(plateau_eps)
     half_u = math.sqrt(delta / hessian[0, 0])
@@ -142,10 +150,10 @@ def refined_optimum(
         u=float(w[0]),
         v=float(w[1]),
         predicted_loss=predicted,
-        lr_interval_68=interval(ln_lr, sd[0], Z68),
-        lr_interval_95=interval(ln_lr, sd[0], Z95),
-        batch_tokens_interval_68=interval(ln_b, sd[1], Z68, tokens_per),
-        batch_tokens_interval_95=interval(ln_b, sd[1], Z95, tokens_per),
+        lr_interval_68=interval(ln_lr, 0, MASS68),
+        lr_interval_95=interval(ln_lr, 0, MASS95),
+        batch_tokens_interval_68=interval(ln_b, 1, MASS68, tokens_per),
+        batch_tokens_interval_95=interval(ln_b, 1, MASS95, tokens_per),
         plateau_eps=plateau_eps,
         plateau_lr=(math.exp(ln_lr - half_u), math.exp(ln_lr + half_u)),
         plateau_batch_tokens=(

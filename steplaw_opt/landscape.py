@@ -76,6 +76,9 @@ class BowlPrior:
     min_eig: float = 5e-4
     wide_tau: float = 0.01  # the widest window (:func:`window_widening`)
     wide_cut: float = 0.05
+    # The law's error as a scale mixture: w* ~ Σ_c p_c N(μ, c·Σ) (see fit_bowl).
+    law_widths: tuple[float, ...] = (1.0,)
+    law_weights: tuple[float, ...] = (1.0,)
 
     @property
     def H0(self) -> np.ndarray:
@@ -100,6 +103,8 @@ class BowlPrior:
             min_eig=self.min_eig * kappa,
             wide_tau=self.wide_tau * kappa,
             wide_cut=self.wide_cut * kappa,
+            law_widths=self.law_widths,
+            law_weights=self.law_weights,
         )
 
 
@@ -116,6 +121,8 @@ def _default_bowl_prior() -> BowlPrior:
         min_eig=float(data["min_eig"]),
         wide_tau=float(data.get("wide_tau", 0.01)),
         wide_cut=float(data.get("wide_cut", 0.05)),
+        law_widths=tuple(float(x) for x in data.get("law_error_widths", [1.0])),
+        law_weights=tuple(float(x) for x in data.get("law_error_weights", [1.0])),
     )
 
 
@@ -174,6 +181,7 @@ class BowlPosterior:
     cov: np.ndarray
     n_groups: int
     min_eig: float
+    width_weights: tuple[float, ...] = (1.0,)  # posterior weight of each law_widths entry
 
     def _split(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         g = self.n_groups
@@ -271,6 +279,54 @@ def fit_bowl(
     if curvature_scale == "auto":
         curvature_scale = estimate_curvature_scale(w, y, groups, n_groups, bowl)
     bowl = bowl.scaled(float(curvature_scale))
+    widths, prior_w = np.asarray(bowl.law_widths, float), np.asarray(bowl.law_weights, float)
+    if len(widths) != len(prior_w) or np.any(widths <= 0) or np.any(prior_w <= 0):
+        raise SteplawInputError("law_widths and law_weights must be positive and of one length")
+    data = _weighted_design(w, y, groups, n_groups, bowl)
+    parts = [_fit_one(data, y, groups, n_groups, prior_mean, prior_cov * c, bowl) for c in widths]
+    if len(parts) == 1:
+        return BowlPosterior(parts[0][0], parts[0][1], n_groups, bowl.min_eig)
+    # Bayesian model averaging over the law's error width: weights ∝ p_c · evidence_c, the
+    # mixture moment-matched to one Gaussian over θ.
+    log_w = np.log(prior_w / prior_w.sum()) + np.array([p[2] for p in parts])
+    post_w = np.exp(log_w - log_w.max())
+    post_w /= post_w.sum()
+    mean = sum(pw * p[0] for pw, p in zip(post_w, parts, strict=True))
+    cov = sum(
+        pw * (p[1] + np.outer(p[0] - mean, p[0] - mean))
+        for pw, p in zip(post_w, parts, strict=True)
+    )
+    cov = 0.5 * (cov + cov.T)
+    return BowlPosterior(mean, cov, n_groups, bowl.min_eig, tuple(float(x) for x in post_w))
+
+
+def _weighted_design(
+    w: np.ndarray, y: np.ndarray, groups: np.ndarray, n_groups: int, bowl: BowlPrior
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(design rows, weights) of the observations, ``None`` without any: the part of the fit
+    that does not depend on the prior."""
+    if not len(y):
+        return None
+    best = np.full(n_groups, np.inf)
+    np.minimum.at(best, groups, y)
+    gap = y - best[groups]
+    tau, cut = window_widening(gap, bowl)
+    weight = 1.0 / (1.0 + (gap / tau) ** 2)
+    weight[gap > cut] = 0.0
+    return features(w, groups, n_groups), weight
+
+
+def _fit_one(
+    data: tuple[np.ndarray, np.ndarray] | None,
+    y: np.ndarray,
+    groups: np.ndarray,
+    n_groups: int,
+    prior_mean: np.ndarray,
+    prior_cov: np.ndarray,
+    bowl: BowlPrior,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(posterior mean, posterior covariance, log evidence) of the bowl under one Gaussian
+    prior on w*; the evidence is that of the weighted observations the fit uses."""
     h0 = bowl.H0
     k = n_groups + 5
     theta0 = np.zeros(k)
@@ -289,19 +345,23 @@ def fit_bowl(
     prec0[n_groups : n_groups + 2, n_groups : n_groups + 2] = np.linalg.inv(b_cov)
     prec0[n_groups + 2 :, n_groups + 2 :] = np.diag(1.0 / np.square(bowl.h_sd))
 
-    if len(y):
-        best = np.full(n_groups, np.inf)
-        np.minimum.at(best, groups, y)
-        gap = y - best[groups]
-        tau, cut = window_widening(gap, bowl)
-        weight = 1.0 / (1.0 + (gap / tau) ** 2)
-        weight[gap > cut] = 0.0
-        phi = features(w, groups, n_groups)
+    log_evidence = 0.0
+    if data is None:
+        prec, rhs = prec0, prec0 @ theta0
+    else:
+        phi, weight = data
         wphi = phi * (weight / bowl.noise_sd**2)[:, None]
         prec = prec0 + phi.T @ wphi
         rhs = prec0 @ theta0 + wphi.T @ y
-    else:
-        prec, rhs = prec0, prec0 @ theta0
+        used = weight > 0
+        if used.any():  # y_used ~ N(Φθ0, diag(σ²/ω) + Φ P0⁻¹ Φᵀ)
+            phi_u = phi[used]
+            marg = np.diag(bowl.noise_sd**2 / weight[used]) + phi_u @ np.linalg.solve(
+                prec0, phi_u.T
+            )
+            resid = y[used] - phi_u @ theta0
+            _, logdet = np.linalg.slogdet(marg)
+            log_evidence = -0.5 * float(resid @ np.linalg.solve(marg, resid) + logdet)
     cov = np.linalg.inv(prec)
     cov = 0.5 * (cov + cov.T)
-    return BowlPosterior(cov @ rhs, cov, n_groups, bowl.min_eig)
+    return cov @ rhs, cov, log_evidence

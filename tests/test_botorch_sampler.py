@@ -216,17 +216,22 @@ def test_proxy_scales_pool():
 
 
 # --------------------------------------------------------------------------------- non-bowl
+@pytest.mark.slow
 def test_beats_the_bowl_on_a_bent_valley():
-    """On the banana fixture the GP finds the valley's bottom that the bowl misses."""
+    """On the banana fixture the GP finds the valley's bottom better than the bowl does.
+
+    Measured over six seeds at 10 trials: BoTorch 0.0041 %, PlateauSampler 0.0081 % (it was
+    0.041 % before the law-error mixture and the τ 0.3 % window; BoTorch 0.0040 % then)."""
     gaps: dict[str, list[float]] = {"plateau": [], "botorch": []}
-    for seed in range(2):
+    for seed in range(6):
         for name, s in (
             ("plateau", PlateauSampler(TARGET, seed=seed)),
             ("botorch", sampler(seed)),
         ):
             study = run(s, banana, 10)
             gaps[name].append(study.best_value / 2.5 - 1)
-    assert np.mean(gaps["botorch"]) < 0.5 * np.mean(gaps["plateau"]), gaps
+    assert np.mean(gaps["botorch"]) < 0.7 * np.mean(gaps["plateau"]), gaps
+    assert np.mean(gaps["botorch"]) < 6e-5, gaps  # within 1.5× of what it reaches
 
 
 def compare(seeds: int = 6, budgets: tuple[int, ...] = (5, 10, 20)) -> None:

@@ -3,6 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from steplaw_opt import SteplawInputError
 from steplaw_opt.landscape import (
     WINDOW_POINTS,
     BowlPrior,
@@ -142,7 +143,9 @@ def test_narrow_window_keeps_the_bottom_near_an_asymmetric_minimum():
     w, y = _asymmetric_grid()
     groups = np.zeros(len(y), dtype=int)
     kwargs = {"prior_mean": np.zeros(2), "prior_cov": 4 * np.eye(2), "curvature_scale": 1.0}
-    narrow = fit_bowl(w, y, groups, 1, **kwargs).optimum()
+    # the mechanism, at the narrow window the released grids' whole-grid fits favour
+    narrow_prior = dataclasses.replace(BowlPrior.default(), tau=0.002, cut=0.006)
+    narrow = fit_bowl(w, y, groups, 1, bowl=narrow_prior, **kwargs).optimum()
     wide_prior = dataclasses.replace(BowlPrior.default(), tau=0.01, cut=0.05)
     wide = fit_bowl(w, y, groups, 1, bowl=wide_prior, **kwargs).optimum()
     assert abs(narrow[0] - 0.1) < 0.5 * abs(wide[0] - 0.1)
@@ -163,3 +166,36 @@ def test_window_widens_while_runs_are_few_and_far():
     assert window_widening(np.array([]), bowl) == narrow
     steep = bowl.scaled(10.0)  # κ scales every window alike
     assert window_widening(far, steep) == pytest.approx((10 * bowl.wide_tau, 10 * bowl.wide_cut))
+
+
+def _lattice_runs(w_star: np.ndarray, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Twelve runs on the sampler's √2 mapping lattice around the law's point, with noise."""
+    rng = np.random.default_rng(seed)
+    w = np.array([[a, b] for a in (-0.35, 0.0, 0.35, 0.7) for b in (-0.35, 0.0, 0.35)])
+    d = w - w_star
+    h = BowlPrior.default().H0
+    return w, np.log(2.5) + np.einsum("ni,ij,nj->n", d, h, d) + rng.normal(0, 7e-4, len(w))
+
+
+def test_the_law_error_mixture_follows_the_evidence():
+    prior = {"prior_mean": np.zeros(2), "prior_cov": 0.35**2 * np.eye(2), "curvature_scale": 1.0}
+    single = dataclasses.replace(BowlPrior.default(), law_widths=(1.0,), law_weights=(1.0,))
+    mixed = dataclasses.replace(
+        BowlPrior.default(), law_widths=(1.0, 2.0, 4.0), law_weights=(0.5, 0.3, 0.2)
+    )
+    groups = np.zeros(12, dtype=int)
+    # The law is right: the narrow prior explains the runs best and gains weight.
+    w, y = _lattice_runs(np.zeros(2))
+    right = fit_bowl(w, y, groups, 1, bowl=mixed, **prior)
+    assert right.width_weights[0] > 0.6 and sum(right.width_weights) == pytest.approx(1.0)
+    # The law is 2–3 prior sds off: the narrow prior loses weight, and the optimum lands
+    # nearer the truth than under the law's width alone, which keeps pulling it back.
+    for truth in (np.array([0.7, 0.7]), np.array([-0.6, -0.5])):
+        w, y = _lattice_runs(truth)
+        wrong = fit_bowl(w, y, groups, 1, bowl=mixed, **prior)
+        pulled = fit_bowl(w, y, groups, 1, bowl=single, **prior)
+        assert wrong.width_weights[0] < 0.5
+        err_mixed = np.linalg.norm(wrong.optimum() - truth)
+        assert err_mixed < 0.8 * np.linalg.norm(pulled.optimum() - truth)
+    with pytest.raises(SteplawInputError, match="law_widths"):
+        fit_bowl(w, y, groups, 1, bowl=dataclasses.replace(mixed, law_weights=(1.0,)), **prior)

@@ -315,3 +315,34 @@ def test_no_repeat_after_the_batch_is_rounded_to_an_integer():
         if abs(pts[i][0] - pts[j][0]) < 0.15 and abs(pts[i][1] - pts[j][1]) < 0.15
     ]
     assert close == []
+
+
+def test_the_mapping_lattice_trusts_the_law_width_and_the_mixture_decides_after():
+    import dataclasses
+
+    from steplaw_opt.landscape import BowlPrior
+
+    far = (0.9, 0.7)  # a law that is far off: the mixture's wider widths matter
+
+    def far_objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 2.44e-4, 2.21e-2, log=True)
+        batch = trial.suggest_float("batch_size", 16, 2048, log=True)
+        return bowl_loss(lr, batch, far)
+
+    single = dataclasses.replace(BowlPrior.default(), law_widths=(1.0,), law_weights=(1.0,))
+    runs = {}
+    for name, bowl in (("mixture", BowlPrior.default()), ("single", single)):
+        sampler = PlateauSampler(TARGET, seed=4, bowl_prior=bowl)
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(far_objective, n_trials=14)
+        runs[name] = (study, sampler)
+    params = {n: [tuple(t.params.values()) for t in s.trials] for n, (s, _) in runs.items()}
+    assert len(BowlPrior.default().law_widths) > 1
+    # The first n_coarse proposals (the lattice around the law) are the same with either prior.
+    assert params["mixture"][:8] == params["single"][:8]
+    # After the lattice (and for the refined optimum) the mixture decides: runs this far from
+    # the law take the weight off the law's own width.
+    study, sampler = runs["mixture"]
+    posterior = sampler.fit(sampler.history(study))
+    assert posterior.width_weights[0] < 0.5 and len(posterior.width_weights) == 3
+    assert sampler.fit(sampler.history(study), law_width_only=True).width_weights == (1.0,)
