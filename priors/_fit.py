@@ -22,8 +22,11 @@ block.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -892,6 +895,51 @@ def _attr_number(value: Any, where: str) -> float:
     return float(value)
 
 
+# While a command reads from MLflow (unless the user set them): one retry, 5 s per request, so a
+# server that is down or never answers costs seconds, not MLflow's default of minutes.
+MLFLOW_READ_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+}
+
+
+@contextlib.contextmanager
+def mlflow_read_limits() -> Iterator[None]:
+    """Low retries and timeouts for MLflow's HTTP client while reading (``fit``, ``report``):
+    an unreachable tracking server is one line within about 15 s."""
+    saved = {k: os.environ.get(k) for k in MLFLOW_READ_ENV}
+    for key, value in MLFLOW_READ_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+
+
+def check_mlflow_store(uri: str) -> None:
+    """Refuse reading from a local MLflow store that does not exist: MLflow would create an
+    empty ``mlflow.db`` (and log about it) just to find nothing there."""
+    from steplaw_opt._records import mask_url
+
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :].split("?", 1)[0]
+        if not Path(path).is_file():
+            raise SteplawInputError(f"no MLflow store at {mask_url(uri)!r}: pass --tracking-uri")
+
+
+def mlflow_error(uri: str, exc: BaseException) -> str:
+    """The first line of an MLflow failure, cut, with the URI's password masked."""
+    from steplaw_opt._records import mask_secrets
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = mask_secrets(text, uri)
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
 def runs_from_mlflow(experiment: str, *, tracking_uri: str | None = None) -> Runs:
     """Runs recorded by ``steplaw-opt tune`` in an MLflow experiment: every nested trial run
     (tag ``steplaw.trial_number``) with its params ``lr``, ``batch_tokens``, ``N``, ``D`` and
@@ -902,28 +950,47 @@ def runs_from_mlflow(experiment: str, *, tracking_uri: str | None = None) -> Run
     """
     import pandas as pd
     from mlflow import get_tracking_uri
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from steplaw_opt._records import mask_url
+
     uri = tracking_uri or get_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
-        # Reading must not create an empty store (MLflow would, and log about it).
-        raise SteplawInputError(f"no MLflow store at {uri!r}: pass --tracking-uri")
-    try:
-        client = MlflowClient(uri)
-        exp = client.get_experiment_by_name(experiment)
-    except MlflowException as exc:
-        raise SteplawInputError(
-            f"cannot read MLflow at {tracking_uri or 'the default tracking URI'!r}: "
-            f"{str(exc).splitlines()[0]}"
-        ) from None
-    if exp is None:
-        raise SteplawInputError(
-            f"no MLflow experiment {experiment!r} at {tracking_uri or 'the default tracking URI'}"
-        )
-    rows, token = [], None
+    label = mask_url(tracking_uri) if tracking_uri else "the default tracking URI"
+    check_mlflow_store(uri)
+    with mlflow_read_limits():
+        try:
+            client = MlflowClient(uri)
+            exp = client.get_experiment_by_name(experiment)
+        except Exception as exc:  # MlflowException, a driver's error for a database URI
+            raise SteplawInputError(
+                f"cannot read MLflow at {label!r}: {mlflow_error(uri, exc)}"
+            ) from None
+        if exp is None:
+            raise SteplawInputError(f"no MLflow experiment {experiment!r} at {label}")
+        rows = _mlflow_trial_rows(client, exp.experiment_id, uri, label)
+    if not rows:
+        raise SteplawInputError(f"MLflow experiment {experiment!r} holds no steplaw-opt trial runs")
+    frame = pd.DataFrame(rows)
+    return runs_from_frame(
+        frame,
+        lr_col="lr",
+        batch_col="batch_tokens",
+        loss_col="loss",
+        batch_unit="tokens",
+        source=f"MLflow experiment {experiment!r}",
+    )
+
+
+def _mlflow_trial_rows(client: Any, experiment_id: str, uri: str, label: str) -> list[dict]:
+    rows: list[dict] = []
+    token = None
     while True:
-        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
+        try:
+            page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        except Exception as exc:
+            raise SteplawInputError(
+                f"cannot read MLflow at {label!r}: {mlflow_error(uri, exc)}"
+            ) from None
         for run in page:
             if "steplaw.trial_number" not in run.data.tags:
                 continue  # a parent run
@@ -939,18 +1006,7 @@ def runs_from_mlflow(experiment: str, *, tracking_uri: str | None = None) -> Run
             )
         token = page.token
         if not token:
-            break
-    if not rows:
-        raise SteplawInputError(f"MLflow experiment {experiment!r} holds no steplaw-opt trial runs")
-    frame = pd.DataFrame(rows)
-    return runs_from_frame(
-        frame,
-        lr_col="lr",
-        batch_col="batch_tokens",
-        loss_col="loss",
-        batch_unit="tokens",
-        source=f"MLflow experiment {experiment!r}",
-    )
+            return rows
 
 
 def runs_from_study(

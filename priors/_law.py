@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,8 +31,22 @@ _VARIABLE_NEEDS = {
 # z-scores of the central 68 % and 95 % intervals of a normal distribution.
 Z68 = 0.994457883209753
 Z95 = 1.959963984540054
+# A card is a page of text: anything larger is not a card (and is not read whole into memory).
+MAX_CARD_BYTES = 1_000_000
+# No published law has an exponent beyond ±1 on N, D, C or L; ±10 leaves room for odd fits while
+# refusing values that only overflow (N^1000 is infinite for any real model).
+MAX_EXPONENT = 10.0
+# Names end up in study names, MLflow run names and default file names: no slashes or spaces.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+# The range a prediction must fall in to be used: a peak learning rate above 1 (AdamW) or a
+# batch under one token is a card's numbers gone wrong, not a recommendation.
+LR_RANGE = (0.0, 1.0)
+MIN_BATCH_TOKENS = 1.0
+# ln of the largest float: exp() of anything larger overflows.
+_LN_MAX = math.log(sys.float_info.max)
 
 BatchRounding = Literal["none", "pow2"] | int
+MAX_ROUNDING = 10**9  # a multiple of more than a billion sequences is not a hardware constraint
 
 
 class MissingVariableError(SteplawInputError):
@@ -40,6 +56,17 @@ class MissingVariableError(SteplawInputError):
         self.law = law
         self.variable = variable
         super().__init__(f"law {law!r} needs {_VARIABLE_NEEDS.get(variable, variable)}")
+
+
+class UnusablePredictionError(SteplawInputError):
+    """The law's formula gives a value no run can use at this scale (infinite, zero, negative,
+    or outside :data:`LR_RANGE` / below :data:`MIN_BATCH_TOKENS`)."""
+
+
+def show_value(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so a one-line message stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -65,8 +92,14 @@ class Formula:
         return np.array([1.0] + [math.log(values[v]) for v in self.terms])
 
     def evaluate(self, values: Mapping[str, float]) -> float:
+        """The formula at ``values``; a power law that overflows gives ``inf`` (never raises),
+        so the caller can name the card and the scale."""
         if self.form == "power":
-            return self.coefficient * math.prod(values[v] ** e for v, e in self.terms.items())
+            # In log space: N**e overflows (OverflowError) long before the product is used.
+            log_q = math.log(self.coefficient) + sum(
+                e * math.log(values[v]) for v, e in self.terms.items()
+            )
+            return math.exp(log_q) if log_q < _LN_MAX else math.inf
         return self.coefficient + sum(s * math.log(values[v]) for v, s in self.terms.items())
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,15 +185,27 @@ class Prediction:
 def round_batch_sequences(sequences: float, rounding: BatchRounding) -> float:
     """Round a batch size in sequences: ``"none"``, ``"pow2"`` (nearest power of two in log
     space) or an integer ``k`` (nearest positive multiple of ``k``)."""
-    if rounding == "none":
+    k = check_rounding(rounding)
+    if k == "none":
         return sequences
-    if rounding == "pow2":
+    if k == "pow2":
         return float(2 ** max(0, round(math.log2(sequences))))
-    if isinstance(rounding, bool) or not isinstance(rounding, int) or rounding <= 0:
-        raise SteplawInputError(
-            f"batch rounding must be 'none', 'pow2' or a positive integer, got {rounding!r}"
-        )
-    return float(max(rounding, rounding * round(sequences / rounding)))
+    return float(max(k, k * round(sequences / k)))
+
+
+def check_rounding(rounding: Any) -> BatchRounding:
+    """``rounding`` as ``"none"``, ``"pow2"`` or a Python ``int`` (NumPy integers accepted);
+    one line naming the value otherwise."""
+    if isinstance(rounding, str) and rounding in ("none", "pow2"):
+        return rounding  # type: ignore[return-value]
+    if isinstance(rounding, numbers.Integral) and not isinstance(rounding, (bool, np.bool_)):
+        k = int(rounding)
+        if 0 < k <= MAX_ROUNDING:
+            return k
+    raise SteplawInputError(
+        "batch rounding must be 'none', 'pow2' or a positive integer up to "
+        f"{MAX_ROUNDING:,}, got {show_value(rounding)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -187,7 +232,7 @@ class Law:
         >>> law = load_law("step-law")
         >>> p = law.predict(Scale(N=7e9, D=1.4e12))
         >>> round(p.lr, 6), round(p.batch_tokens / 1e6, 2)
-        (0.000259, 5.12)
+        (0.000917, 5.0)
     """
 
     name: str
@@ -212,14 +257,38 @@ class Law:
     def from_card(cls, path: str | Path) -> Law:
         """Load a card from a TOML file."""
         path = Path(path)
+        label = show_value(str(path), 200)
         try:
-            text = path.read_text(encoding="utf-8")
+            if not path.is_file():  # a folder, a FIFO (would block), a device (endless)
+                what = "a folder" if path.is_dir() else "not a regular file"
+                if not path.exists():
+                    raise FileNotFoundError(2, "No such file or directory")
+                raise SteplawInputError(f"law card {label} is {what}")
+            with path.open("rb") as f:
+                raw = f.read(MAX_CARD_BYTES + 1)
         except OSError as exc:
-            raise SteplawInputError(f"cannot read law card {str(path)!r}: {exc.strerror}") from None
+            raise SteplawInputError(f"cannot read law card {label}: {exc.strerror}") from None
+        if len(raw) > MAX_CARD_BYTES:
+            raise SteplawInputError(
+                f"law card {label} is too large (over {MAX_CARD_BYTES:,} bytes): not a card"
+            )
+        try:
+            text = raw.decode("utf-8-sig")  # a UTF-8 byte-order mark is harmless
+        except UnicodeDecodeError as exc:
+            hint = " (UTF-16? save it as UTF-8)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+            raise SteplawInputError(
+                f"law card {label} is not UTF-8 text: byte {exc.start} is "
+                f"0x{raw[exc.start]:02x}{hint}"
+            ) from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise SteplawInputError(f"law card {str(path)!r} is not valid TOML: {exc}") from None
+            first = str(exc).splitlines()[0] if str(exc) else "syntax error"
+            raise SteplawInputError(f"law card {label} is not valid TOML: {first}") from None
+        except RecursionError:
+            raise SteplawInputError(
+                f"law card {label} is not valid TOML: nested too deeply"
+            ) from None
         return cls.from_dict(data, source=str(path))
 
     @classmethod
@@ -313,15 +382,24 @@ class Law:
         )
 
     def lr_at(self, scale: Scale) -> float:
-        """The predicted learning rate at ``scale``."""
+        """The predicted learning rate at ``scale``; :class:`UnusablePredictionError` when the
+        card's numbers give an infinite, non-positive or absurd (above 1) value there."""
         if self.lr_formula is None:
             raise SteplawInputError(f"law {self.name!r} does not predict a learning rate")
         values = self.available_values(scale)
         self._check_available(self.lr_formula, values)
-        return self.lr_formula.evaluate(values)
+        lr = self.lr_formula.evaluate(values)
+        if not (math.isfinite(lr) and LR_RANGE[0] < lr <= LR_RANGE[1]):
+            raise UnusablePredictionError(
+                f"law {self.name!r} predicts lr {_number_text(lr)} at {scale}: not a usable "
+                f"learning rate (it must lie in ({LR_RANGE[0]:g}, {LR_RANGE[1]:g}]; check the "
+                "card's lr coefficient and exponents, or its validity range)"
+            )
+        return lr
 
     def batch_tokens_at(self, scale: Scale) -> float:
-        """The predicted global batch size at ``scale``, in tokens."""
+        """The predicted global batch size at ``scale``, in tokens;
+        :class:`UnusablePredictionError` when it is infinite or under one token."""
         if self.batch_formula is None:
             raise SteplawInputError(f"law {self.name!r} does not predict a batch size")
         values = self.available_values(scale)
@@ -329,6 +407,11 @@ class Law:
         batch = self.batch_formula.evaluate(values)
         if self.batch_unit == "sequences":
             batch *= float(self.batch_seq_len or scale.seq_len)
+        if not (math.isfinite(batch) and batch >= MIN_BATCH_TOKENS):
+            raise UnusablePredictionError(
+                f"law {self.name!r} predicts a batch of {_number_text(batch)} tokens at {scale}: "
+                "not a usable batch size (check the card's batch coefficient and exponents)"
+            )
         return batch
 
     def log_covariance(self, scale: Scale) -> np.ndarray | None:
@@ -361,27 +444,20 @@ class Law:
         if self.lr_formula is not None:
             try:
                 lr = self.lr_at(scale)
-            except MissingVariableError as exc:
+            except (MissingVariableError, UnusablePredictionError) as exc:
                 missing.append(str(exc))
         if self.batch_formula is not None:
             try:
                 batch = self.batch_tokens_at(scale)
-            except MissingVariableError as exc:
+            except (MissingVariableError, UnusablePredictionError) as exc:
                 if str(exc) not in missing:
                     missing.append(str(exc))
         lr_iv: tuple[Interval, ...] = ()
         b_iv: tuple[Interval, ...] = ()
-        cov = self.log_covariance(scale)
+        cov = self.log_covariance(scale) if lr is not None and batch is not None else None
         if cov is not None and lr is not None and batch is not None:
-            sd_lr, sd_b = math.sqrt(cov[0, 0]), math.sqrt(cov[1, 1])
-            lr_iv = tuple(
-                Interval(lr * math.exp(-z * sd_lr), lr * math.exp(z * sd_lr), m)
-                for z, m in ((Z68, 0.68), (Z95, 0.95))
-            )
-            b_iv = tuple(
-                Interval(batch * math.exp(-z * sd_b), batch * math.exp(z * sd_b), m)
-                for z, m in ((Z68, 0.68), (Z95, 0.95))
-            )
+            lr_iv = _intervals(lr, float(cov[0, 0]))
+            b_iv = _intervals(batch, float(cov[1, 1]))
         rounded = None
         if batch is not None:
             rounded = round_batch_sequences(batch / scale.seq_len, round_batch)
@@ -399,52 +475,138 @@ class Law:
         )
 
 
-# --------------------------------------------------------------------------------- parsing
-def _parse_card(data: Mapping[str, Any], source: str) -> Law:
-    def fail(msg: str) -> SteplawInputError:
-        return SteplawInputError(f"law card {source!r}: {msg}")
+def _number_text(x: float) -> str:
+    """A prediction for a message: words for the values JSON and people cannot read."""
+    if math.isnan(x):
+        return "not-a-number"
+    if math.isinf(x):
+        return "infinite" if x > 0 else "minus infinite"
+    return f"{x:.3g}"
 
-    def need(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-        if key not in table:
-            raise fail(f"missing {where}{key}")
-        value = table[key]
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise fail(f"{where}{key} has the wrong type: {value!r}")
+
+def _intervals(value: float, log_var: float) -> tuple[Interval, ...]:
+    """68 % and 95 % intervals of a log-normal prediction; none when the card's covariance is
+    so wide at this scale that a bound is not a finite number (an interval spanning a factor
+    beyond ~e^700 says nothing anyway)."""
+    if not (math.isfinite(log_var) and log_var >= 0):
+        return ()
+    sd = math.sqrt(log_var)
+    out = []
+    for z, m in ((Z68, 0.68), (Z95, 0.95)):
+        lo_log, hi_log = math.log(value) - z * sd, math.log(value) + z * sd
+        if hi_log >= _LN_MAX:
+            return ()
+        out.append(Interval(math.exp(lo_log), math.exp(hi_log), m))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------- parsing
+class _Card:
+    """Typed access to a parsed card: every wrong type or value is one line naming the key (as
+    it is written in the card, ``[lr].exponents.N``) and the value."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, msg: str) -> SteplawInputError:
+        return SteplawInputError(f"law card {self.source!r}: {msg}")
+
+    def table(self, parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any] | None:
+        """The sub-table ``key`` (``None`` when absent)."""
+        if key not in parent:
+            return None
+        value = parent[key]
+        if not isinstance(value, Mapping):
+            raise self.fail(f"{where} must be a table, got {show_value(value)}")
         return value
 
+    def text(self, parent: Mapping[str, Any], key: str, where: str, default: str | None) -> str:
+        if key not in parent:
+            if default is None:
+                raise self.fail(f"missing {where}")
+            return default
+        value = parent[key]
+        if not isinstance(value, str):
+            raise self.fail(f"{where} must be text, got {show_value(value)}")
+        return value
+
+    def number(self, parent: Mapping[str, Any], key: str, where: str) -> float:
+        if key not in parent:
+            raise self.fail(f"missing {where}")
+        value = parent[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(f"{where} must be a number, got {show_value(value)}")
+        if not math.isfinite(value):
+            raise self.fail(f"{where} must be finite, got {show_value(value)}")
+        return float(value)
+
+
+def _parse_card(data: Mapping[str, Any], source: str) -> Law:
+    card = _Card(source)
+    fail = card.fail
+    if not isinstance(data, Mapping):
+        raise fail(f"a card is a table of keys, got {show_value(data)}")
+
     schema = data.get("schema", 1)
-    if schema != 1:
-        raise fail(f"unknown schema {schema!r} (this version reads schema 1)")
-    name = need(data, "name", str, "")
-    title = data.get("title", name)
-    cit = data.get("citation", {})
+    if isinstance(schema, bool) or schema != 1:
+        raise fail(f"unknown schema {show_value(schema)} (this version reads schema 1)")
+    if "name" not in data:
+        raise fail("missing name")
+    name = data["name"]
+    if not isinstance(name, str):
+        raise fail(f"name has the wrong type: {show_value(name)}")
+    if not NAME_RE.fullmatch(name):
+        raise fail(
+            f"name {show_value(name)} must be letters, digits, '.', '_', '+' or '-' (no spaces "
+            "or slashes, at most 100 characters): it names studies and files"
+        )
+    title = card.text(data, "title", "title", name)
+    cit = card.table(data, "citation", "[citation]") or {}
+    year = cit.get("year", 0)
+    if isinstance(year, bool) or not isinstance(year, int):
+        raise fail(f"[citation].year must be a whole number, got {show_value(year)}")
     citation = Citation(
-        authors=str(cit.get("authors", "")),
-        title=str(cit.get("title", "")),
-        year=int(cit.get("year", 0)),
-        venue=str(cit.get("venue", "")),
-        arxiv=str(cit.get("arxiv", "")),
-        url=str(cit.get("url", "")),
+        authors=card.text(cit, "authors", "[citation].authors", ""),
+        title=card.text(cit, "title", "[citation].title", ""),
+        year=year,
+        venue=card.text(cit, "venue", "[citation].venue", ""),
+        arxiv=card.text(cit, "arxiv", "[citation].arxiv", ""),
+        url=card.text(cit, "url", "[citation].url", ""),
     )
 
     def formula(key: str) -> Formula | None:
-        if key not in data:
+        table = card.table(data, key, f"[{key}]")
+        if table is None:
             return None
-        table = data[key]
-        form = table.get("form", "power")
+        form = card.text(table, "form", f"[{key}].form", "power")
         if form not in ("power", "log-linear"):
-            raise fail(f"[{key}].form must be 'power' or 'log-linear', got {form!r}")
-        coefficient = float(need(table, "coefficient", (int, float), f"[{key}]."))
+            raise fail(f"[{key}].form must be 'power' or 'log-linear', got {show_value(form)}")
+        if "coefficient" in table and (
+            isinstance(table["coefficient"], bool)
+            or not isinstance(table["coefficient"], (int, float))
+        ):
+            bad = show_value(table["coefficient"])
+            raise fail(f"[{key}].coefficient has the wrong type: {bad}")
+        coefficient = card.number(table, "coefficient", f"[{key}].coefficient")
         terms_key = "exponents" if form == "power" else "slopes"
-        terms = need(table, terms_key, dict, f"[{key}].")
+        if terms_key not in table:
+            raise fail(f"missing [{key}].{terms_key}")
+        terms = table[terms_key]
+        if not isinstance(terms, Mapping):
+            raise fail(f"[{key}].{terms_key} has the wrong type: {show_value(terms)}")
         for var, value in terms.items():
             if var not in KNOWN_VARIABLES:
-                raise fail(f"[{key}].{terms_key} uses unknown variable {var!r}")
+                raise fail(f"[{key}].{terms_key} uses unknown variable {show_value(var)}")
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise fail(f"[{key}].{terms_key}.{var} is not a number: {value!r}")
+                raise fail(f"[{key}].{terms_key}.{var} is not a number: {show_value(value)}")
             if not math.isfinite(value):
-                raise fail(f"[{key}].{terms_key}.{var} is not finite: {value!r}")
-        if not math.isfinite(coefficient) or (form == "power" and coefficient <= 0):
+                raise fail(f"[{key}].{terms_key}.{var} is not finite: {show_value(value)}")
+            if form == "power" and abs(value) > MAX_EXPONENT:
+                raise fail(
+                    f"[{key}].{terms_key}.{var} = {show_value(value)} is out of range "
+                    f"(|exponent| <= {MAX_EXPONENT:g})"
+                )
+        if form == "power" and coefficient <= 0:
             raise fail(f"[{key}].coefficient must be positive and finite, got {coefficient!r}")
         return Formula(form, coefficient, {k: float(v) for k, v in terms.items()})
 
@@ -452,61 +614,79 @@ def _parse_card(data: Mapping[str, Any], source: str) -> Law:
     batch_formula = formula("batch")
     if lr_formula is None and batch_formula is None:
         raise fail("has neither an [lr] nor a [batch] table")
-    batch = data.get("batch", {})
+    lr_table = card.table(data, "lr", "[lr]") or {}
+    lr_meaning = card.text(lr_table, "meaning", "[lr].meaning", "peak")
+    batch = card.table(data, "batch", "[batch]") or {}
     unit = batch.get("unit", "tokens")
     if unit not in ("tokens", "sequences"):
-        raise fail(f"[batch].unit must be 'tokens' or 'sequences', got {unit!r}")
+        raise fail(f"[batch].unit must be 'tokens' or 'sequences', got {show_value(unit)}")
     seq_len = batch.get("seq_len")
     bad_seq_len = isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0
     if unit == "sequences" and batch_formula is not None and bad_seq_len:
         raise fail(
-            f"[batch].seq_len must be a positive integer for unit 'sequences', got {seq_len!r}"
+            "[batch].seq_len must be a positive integer for unit 'sequences', got "
+            f"{show_value(seq_len)}"
         )
     compute = data.get("compute")
-    if compute not in (None, "6ND", "MD"):
-        raise fail(f"compute must be '6ND' or 'MD', got {compute!r}")
+    if compute is not None and compute not in ("6ND", "MD"):
+        raise fail(f"compute must be '6ND' or 'MD', got {show_value(compute)}")
+    variables: dict[str, str] = {}
+    for var, text in (card.table(data, "variables", "[variables]") or {}).items():
+        if not isinstance(text, str):
+            raise fail(f"[variables].{var} must be text, got {show_value(text)}")
+        variables[str(var)] = text
     validity: dict[str, tuple[float, float]] = {}
-    for var, rng in data.get("validity", {}).items():
+    for var, rng in (card.table(data, "validity", "[validity]") or {}).items():
         if var not in KNOWN_VARIABLES:
-            raise fail(f"[validity] names unknown variable {var!r}")
+            raise fail(f"[validity] names unknown variable {show_value(var)}")
         if (
             not isinstance(rng, list)
             or len(rng) != 2
-            or not all(isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in rng)
+            or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                and x > 0
+                for x in rng
+            )
             or rng[0] > rng[1]
-        ):
-            raise fail(f"[validity].{var} must be [low, high] with 0 < low <= high, got {rng!r}")
+        ):  # fmt: skip
+            raise fail(
+                f"[validity].{var} must be [low, high] with 0 < low <= high, got {show_value(rng)}"
+            )
         validity[var] = (float(rng[0]), float(rng[1]))
 
     covariance = None
-    if "covariance" in data:
-        covariance = _parse_covariance(data["covariance"], lr_formula, batch_formula, fail)
+    cov_table = card.table(data, "covariance", "[covariance]")
+    if cov_table is not None:
+        covariance = _parse_covariance(cov_table, lr_formula, batch_formula, fail)
     residual = None
-    if "residual" in data:
-        r = data["residual"]
+    r = card.table(data, "residual", "[residual]")
+    if r is not None:
         sds = (r.get("lr_sd"), r.get("batch_sd"))
         if not all(
             isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s >= 0
             for s in sds
         ):
-            raise fail(f"[residual] lr_sd and batch_sd must be non-negative numbers, got {sds!r}")
+            raise fail(
+                "[residual] lr_sd and batch_sd must be non-negative numbers, got "
+                f"{show_value(sds)}"
+            )
         residual = (float(sds[0]), float(sds[1]))  # type: ignore[arg-type]
     return Law(
         name=name,
-        title=str(title),
+        title=title,
         citation=citation,
         lr_formula=lr_formula,
         batch_formula=batch_formula,
-        lr_meaning=str(data.get("lr", {}).get("meaning", "peak")),
+        lr_meaning=lr_meaning,
         batch_unit=unit,
         batch_seq_len=seq_len if unit == "sequences" else None,
-        variables=dict(data.get("variables", {})),
+        variables=variables,
         compute=compute,
         validity=validity,
         covariance=covariance,
         residual_sd=residual,
-        notes=str(data.get("notes", "")),
-        warning=str(data.get("warning", "")),
+        notes=card.text(data, "notes", "notes", ""),
+        warning=card.text(data, "warning", "warning", ""),
         source=source,
     )
 
@@ -516,17 +696,15 @@ def _parse_covariance(
 ) -> LawCovariance:
     if lr_f is None or batch_f is None or lr_f.form != "power" or batch_f.form != "power":
         raise fail("[covariance] needs power-law [lr] and [batch] tables")
-    lr_terms = tuple(table.get("lr_terms", ()))
-    batch_terms = tuple(table.get("batch_terms", ()))
-    if lr_terms != ("intercept", *lr_f.variables):
-        raise fail(
-            f"[covariance].lr_terms must be {['intercept', *lr_f.variables]}, got {list(lr_terms)}"
-        )
-    if batch_terms != ("intercept", *batch_f.variables):
-        raise fail(
-            f"[covariance].batch_terms must be {['intercept', *batch_f.variables]}, "
-            f"got {list(batch_terms)}"
-        )
+
+    def terms(key: str, want: list[str]) -> tuple[str, ...]:
+        value = table.get(key, [])
+        if not isinstance(value, list) or tuple(value) != tuple(want):
+            raise fail(f"[covariance].{key} must be {want}, got {show_value(value)}")
+        return tuple(value)
+
+    lr_terms = terms("lr_terms", ["intercept", *lr_f.variables])
+    batch_terms = terms("batch_terms", ["intercept", *batch_f.variables])
 
     def matrix(key: str, rows: int, cols: int) -> np.ndarray:
         try:

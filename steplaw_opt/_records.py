@@ -48,9 +48,51 @@ ATTR_PROPOSAL = "steplaw:proposal"
 ATTR_BELIEF = "steplaw:belief"
 
 
+# Query parameters that carry a secret (libpq and drivers accept ``?password=…``).
+_SECRET_PARAM = re.compile(
+    r"([?&;](?:password|passwd|pwd|sslpassword|secret|token|api_key|access_token)=)[^&;#]*",
+    re.IGNORECASE,
+)
+
+
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (storage URLs end up in the record)."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+    """``url`` with any password replaced by ``***`` (storage URLs end up in the record and in
+    messages): the password of ``scheme://user:password@host`` — up to the last ``@`` before
+    the query, so a password with ``/``, ``?`` or ``@`` typed unencoded is hidden whole — and
+    ``?password=…`` style query parameters."""
+    text = str(url)
+    head, sep, rest = text.partition("://")
+    if sep and not rest.startswith("/"):  # sqlite:////abs/path has no user part
+        query = rest.find("?")
+        at = rest.rfind("@", 0, query if query >= 0 else len(rest))
+        if at < 0 and query >= 0:  # "user:pa?ss@host": the "?" was the password's, not a query
+            at = rest.rfind("@")
+        if at >= 0:
+            user, colon, _password = rest[:at].partition(":")
+            if colon:
+                rest = f"{user}:***{rest[at:]}"
+        text = f"{head}{sep}{rest}"
+    return _SECRET_PARAM.sub(r"\1***", text)
+
+
+def mask_secrets(text: str, url: str) -> str:
+    """``text`` (a driver's error message, say) with ``url``'s password hidden wherever it
+    appears, as typed or URL-decoded, and ``password=…`` parameters masked."""
+    from urllib.parse import unquote
+
+    secrets: set[str] = set()
+    _, sep, rest = str(url).partition("://")
+    if sep:
+        at = rest.rfind("@")
+        if at >= 0 and ":" in rest[:at]:
+            secrets.add(rest[:at].partition(":")[2])
+    secrets |= {m.group(0).split("=", 1)[1] for m in _SECRET_PARAM.finditer(str(url))}
+    out = str(text)
+    for secret in sorted(secrets, key=len, reverse=True):
+        for form in {secret, unquote(secret)}:
+            if len(form) >= 2:  # a one-character password would blank out the message
+                out = out.replace(form, "***")
+    return _SECRET_PARAM.sub(r"\1***", out)
 
 
 def trial_scale(trial: Any, target: Scale) -> Scale:

@@ -4,20 +4,38 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
+
+import numpy as np
 
 from steplaw_opt.errors import SteplawInputError
 
 
-def _check_positive(name: str, value: float | None, *, integer: bool = False) -> None:
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _check_positive(name: str, value: object, *, integer: bool = False) -> float | int | None:
+    """``value`` as a Python ``float`` (``int`` when ``integer``) if it is a positive, finite
+    number — NumPy scalars included, ``numbers.Real`` being what they register as — else one
+    line naming it."""
     if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SteplawInputError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise SteplawInputError(f"{name} must be positive and finite, got {value!r}")
-    if integer and float(value) != int(value):
-        raise SteplawInputError(f"{name} must be a whole number, got {value!r}")
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise SteplawInputError(f"{name} must be a number, got {_shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int of 400 digits
+        number = math.inf
+    if not math.isfinite(number) or number <= 0:
+        raise SteplawInputError(f"{name} must be positive and finite, got {_shown(value)}")
+    if integer:
+        if number != int(number):
+            raise SteplawInputError(f"{name} must be a whole number, got {_shown(value)}")
+        return int(number)
+    return number
 
 
 def non_embedding_params(d_model: int, d_ff: int, n_layers: int, *, gated_ffn: bool = True) -> int:
@@ -84,10 +102,14 @@ class Scale:
     target_loss: float | None = None
 
     def __post_init__(self) -> None:
+        # Stored as Python numbers (a NumPy integer given here must not reach JSON or the
+        # study's attributes as np.int64).
         for name in ("d_model", "d_ff", "n_layers", "n_heads", "vocab_size", "seq_len"):
-            _check_positive(name, getattr(self, name), integer=True)
+            object.__setattr__(self, name, _check_positive(name, getattr(self, name), integer=True))
         for name in ("N", "D", "active_params", "target_loss"):
-            _check_positive(name, getattr(self, name))
+            object.__setattr__(self, name, _check_positive(name, getattr(self, name)))
+        if isinstance(self.gated_ffn, np.bool_):
+            object.__setattr__(self, "gated_ffn", bool(self.gated_ffn))
         if self.D is None:
             raise SteplawInputError("D (training tokens) is required")
         shape = (self.d_model, self.d_ff, self.n_layers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
 
 from steplaw_opt.errors import SteplawInputError
@@ -21,17 +22,21 @@ def parse_size(text: str | float | int, what: str = "size") -> float:
     >>> parse_size("1.4T")
     1400000000000.0
     """
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = float(text)
+    shown = repr(text) if len(repr(text)) <= 60 else repr(text)[:59] + "…"
+    if isinstance(text, numbers.Real) and not isinstance(text, bool):  # NumPy numbers too
+        try:
+            value = float(text)
+        except OverflowError:
+            value = math.inf
     else:
-        match = _SIZE_RE.match(str(text))
+        match = _SIZE_RE.match(str(text)) if len(str(text)) <= 100 else None
         if match is None:
             raise SteplawInputError(
-                f"{what}: cannot read {text!r} as a size (examples: 7B, 1.4T, 400M, 7e9)"
+                f"{what}: cannot read {shown} as a size (examples: 7B, 1.4T, 400M, 7e9)"
             )
         value = float(match.group(1)) * _SUFFIX[match.group(2).upper()]
     if not math.isfinite(value) or value <= 0:
-        raise SteplawInputError(f"{what} must be positive and finite, got {text!r}")
+        raise SteplawInputError(f"{what} must be positive and finite, got {shown}")
     return value
 
 

@@ -76,7 +76,7 @@ class LawSpace:
 
     def to_uv(self, lr: float, batch: float, scale: Scale) -> tuple[float, float]:
         ln_lr, ln_b = self.origin(scale)
-        return math.log(lr) - ln_lr, math.log(batch) - ln_b
+        return _log_positive("lr", lr) - ln_lr, _log_positive("batch", batch) - ln_b
 
     def from_uv(self, u: float, v: float, scale: Scale) -> tuple[float, float]:
         """(lr, batch in the batch parameter's unit) at ``scale``."""
@@ -87,7 +87,42 @@ class LawSpace:
         self, lr_bounds: tuple[float, float], batch_bounds: tuple[float, float], scale: Scale
     ) -> np.ndarray:
         """The box ``[[u_lo, v_lo], [u_hi, v_hi]]`` that the parameter bounds span at ``scale``."""
+        lr_lo, lr_hi = check_bounds_pair("lr", lr_bounds)
+        b_lo, b_hi = check_bounds_pair("batch", batch_bounds)
         ln_lr, ln_b = self.origin(scale)
-        lo = [math.log(lr_bounds[0]) - ln_lr, math.log(batch_bounds[0]) - ln_b]
-        hi = [math.log(lr_bounds[1]) - ln_lr, math.log(batch_bounds[1]) - ln_b]
+        lo = [math.log(lr_lo) - ln_lr, math.log(b_lo) - ln_b]
+        hi = [math.log(lr_hi) - ln_lr, math.log(b_hi) - ln_b]
         return np.array([lo, hi])
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _log_positive(name: str, value: object) -> float:
+    """``ln value`` for a positive, finite number; one line naming it otherwise (``math.log``
+    would say only "math domain error")."""
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        x = math.nan
+    if not (math.isfinite(x) and x > 0):
+        raise SteplawInputError(f"{name} must be a positive, finite number, got {_shown(value)}")
+    return math.log(x)
+
+
+def check_bounds_pair(name: str, bounds: object) -> tuple[float, float]:
+    """``bounds`` as ``(low, high)`` floats with ``0 < low < high``, both finite (NumPy numbers
+    accepted); one line naming the bad value otherwise."""
+    try:
+        low, high = bounds  # type: ignore[misc]
+        pair = (float(low), float(high))
+    except (TypeError, ValueError, OverflowError):
+        pair = (math.nan, math.nan)
+    lo, hi = pair
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+        raise SteplawInputError(
+            f"{name} bounds must be (low, high) with 0 < low < high, got {_shown(bounds)}"
+        )
+    return pair

@@ -23,6 +23,7 @@ RUNNING: an exception ends the runs FAILED, Ctrl-C ends them KILLED.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import os
 import tempfile
@@ -71,6 +72,9 @@ HTTP_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
 }
 PLOT_FOLDER = "plots"
+# Seconds after a trial's end past which another worker ends a nested run its own worker left
+# RUNNING (that worker died between telling the study and telling MLflow).
+ORPHAN_AFTER = 30.0
 # The URI schemes MLflow has a tracking store for ("" is a local path).
 TRACKING_SCHEMES = (
     "", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks",
@@ -201,6 +205,7 @@ class MlflowTracker:
         self.shared = False  # one of many workers on the study (set by run_worker)
         self._healthy = True
         self._ended = False
+        self._closing = False  # this worker ends the study's record (the last one)
         self._missed = 0
         self.seconds = 0.0  # wall time spent in MLflow calls (overhead figures)
 
@@ -339,8 +344,9 @@ class MlflowTracker:
         if not self.enabled or self._study is None:
             return
         refined = getattr(result, "refined", None)
-        ok = self._guard("record the finished trials", self._sync, refined) is not None
         last = not self._others_running()
+        self._closing = last  # the last worker ends the runs their workers left RUNNING
+        ok = self._guard("record the finished trials", self._sync, refined) is not None
         if ok and self.plots and last:
             self._guard("log the plots", self._log_plots, refined)
         if self._run_id is not None and last:
@@ -567,8 +573,14 @@ class MlflowTracker:
             "optuna.trial_id": str(trial._trial_id),
         }
         failure = trial.user_attrs.get("steplaw.failure")
+        lost = trial.user_attrs.get("steplaw.lost")  # its process was found gone (tune._workers)
         if failure:
             tags["steplaw.failure"] = str(failure)[:5000]
+            stopped_by = trial.user_attrs.get("steplaw.interrupted_by")
+            if stopped_by:
+                tags["steplaw.interrupted_by"] = str(stopped_by)[:200]
+        elif state == "FAIL" and lost:
+            tags["steplaw.failure"] = f"lost: {lost}; the trial was re-queued"[:5000]
         elif state == "FAIL":  # failed by the heartbeat check: its worker stopped beating
             tags["steplaw.failure"] = "worker died (no heartbeat); the trial was re-queued"
         return tags
@@ -650,14 +662,27 @@ class MlflowTracker:
                 for t in foreign
                 if t.number not in self._logged
                 and t.number in self._trial_runs
-                and t.state.name == "FAIL"
-                and t.user_attrs.get(ATTR_FAILURE) is None
+                and (
+                    (t.state.name == "FAIL" and t.user_attrs.get(ATTR_FAILURE) is None)
+                    or self._orphaned(t)
+                )
             ]
             fresh = [t for t in fresh if t.number in self._own] + dead
         for trial in fresh:
             self._end_trial(trial)
         if fresh or refined is not None:
             self._update_parent(refined)
+
+    def _orphaned(self, trial: Any) -> bool:
+        """A finished trial of another worker whose run is still RUNNING: its worker died
+        between the trial's end and its record (a SIGKILL). A live one records it within
+        seconds of the end, so one left longer, or at the study's end, is anybody's to end."""
+        if self._closing:
+            return True
+        done = trial.datetime_complete
+        if done is None:
+            return False
+        return (datetime.datetime.now() - done).total_seconds() > ORPHAN_AFTER
 
     def _update_parent(self, refined: Any = None) -> None:
         """Budget spent, trust region and refined optimum (metrics, stepped by the number of

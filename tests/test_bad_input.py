@@ -1,6 +1,14 @@
 """The bad-input corpus: every kind of bad input a user can give gets one line naming the bad
 value (exit code 2 from the CLI, SteplawInputError from the API) and leaves nothing behind — no
-half-made study, card or plot in the working folder."""
+half-made study, card or plot in the working folder.
+
+It covers every class of issue 14's hostile or broken input — command templates with format
+specs, malformed and hostile law cards, unusable predictions, bad and unreachable storages,
+masked passwords, MLflow stores that are not there, typos that would create a database, a
+worker whose command differs from the study's, and the Python API's values — beside the
+classes before it; the deeper tests of each class live in tests/test_hostile_input.py,
+tests/test_cards_validation.py and tests/test_storage_errors.py. :data:`KINDS` is the count.
+"""
 
 from __future__ import annotations
 
@@ -288,7 +296,106 @@ CLI_CASES = [
         ],
         "--create-only needs a --storage",
     ),
+    # ---- issue 14: hostile or broken input
+    *[
+        (
+            f"template-{kind}",
+            lambda d, t=template: ["tune", "--params", "1B", "--tokens", "1T", "--command", t],
+            needle,
+        )
+        for kind, template, needle in (
+            ("format-spec", "train --lr {lr:d}", "{lr:d}"),
+            ("conversion", "train --lr {lr!r}", "{lr!r}"),
+            ("index", "train --lr {lr[0]}", "{lr[0]}"),
+            ("huge-width", "train --lr {lr:>99999999999}", "format spec"),
+        )
+    ],
+    (
+        "card-text-for-a-table",
+        lambda d: _predict_with(_write(d, "t.toml", 'name = "t"\nlr = "fast"\n' + _BATCH)),
+        "'fast'",
+    ),
+    (
+        "card-utf16",
+        lambda d: _predict_with(_write_bytes(d, "w.toml", "\ufeffname = 'w'\n".encode("utf-16"))),
+        "UTF-8",
+    ),
+    (
+        "card-exponent-1000",
+        lambda d: _predict_with(_write(d, "e.toml", _LR.replace("-0.713", "1000") + _BATCH)),
+        "1000",
+    ),
+    (
+        "card-infinite-lr",
+        lambda d: [
+            "tune", "--params", "7B", "--tokens", "1T", "--command", "x", "--no-mlflow", "--law",
+            _write(d, "i.toml", _LR.replace("1.79", "1e300").replace("-0.713", "5") + _BATCH),
+        ],
+        "not a usable learning rate",
+    ),
+    (
+        "round-batch-huge",
+        lambda d: ["predict", "--params", "7B", "--tokens", "1T", "--round-batch", "9" * 14],
+        "9" * 14,
+    ),
+    ("storage-malformed", lambda d: _replay_on("sqlite:/one-slash.db"), "not a URL"),
+    ("storage-folder", lambda d: _replay_on(f"sqlite:///{d}"), "is a folder"),
+    (
+        "storage-not-sqlite",
+        lambda d: _replay_on(f"sqlite:///{_write(d, 'n.db', 'my notes')}"),
+        "not an SQLite database",
+    ),
+    ("storage-missing-folder", lambda d: _replay_on(f"sqlite:///{d}/no/x.db"), "does not exist"),
+    (
+        "storage-refused-password-masked",
+        lambda d: _replay_on(f"postgresql://u:se/cret@127.0.0.1:{_closed_port()}/db"),
+        "u:***@127.0.0.1",
+    ),
+    ("report-no-mlflow-store", lambda d: ["report", "--run-id", "0123abcd"], "no MLflow store"),
+    (
+        "fit-storage-typo",
+        lambda d: ["fit", "--storage", "sqlite:///tpyo.db", "--study", "x"],  # in the work folder
+        "tpyo.db",
+    ),
+    ("fit-name-with-slash", lambda d: ["fit", "x.csv", "--name", "../card"], "--name"),
+    (
+        "worker-command-differs",
+        lambda d: [
+            "worker", "--storage", _steplaw_db(d), "--study-name", "made", "--command",
+            "train {lr}", "--no-mlflow",
+        ],
+        "differs from --command",
+    ),
 ]
+
+_LR = (
+    'name = "c"\n[lr]\nform = "power"\ncoefficient = 1.79\n'
+    "exponents = { N = -0.713, D = 0.307 }\n"
+)
+_BATCH = '[batch]\nunit = "tokens"\nform = "power"\ncoefficient = 0.58\nexponents = { D = 0.571 }\n'
+
+
+def _predict_with(card: str) -> list[str]:
+    return ["predict", "--params", "7B", "--tokens", "1T", "--law", card]
+
+
+def _replay_on(storage: str) -> list[str]:
+    return ["tune", "--replay", GRID, "--params", "214663680", "--tokens", "1e11", "--no-mlflow",
+            "--storage", storage]  # fmt: skip
+
+
+def _write_bytes(folder: Path, name: str, data: bytes) -> str:
+    path = folder / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _foreign_db(folder: Path) -> str:
@@ -385,7 +492,48 @@ API_CASES = [
     ("tune-heartbeat-zero", lambda: _tune(heartbeat_interval=0), "heartbeat"),
     ("tune-create-only-memory", lambda: _tune(storage=":memory:", create_only=True), "shared"),
     ("worker-study-from-python", lambda: _worker_without_spec(), "stores no objective"),
+    # ---- issue 14: the Python API
+    ("api-template-format-spec", lambda: _command("train {lr:.2e}"), "{lr:.2e}"),
+    ("command-env-not-text", lambda: _command("echo", env={"SEED": 1}), "env['SEED']"),
+    ("command-workdir-missing", lambda: _command("echo", workdir="/no/such/dir"), "/no/such/dir"),
+    (
+        "callable-returns-text",
+        lambda: _callable(lambda lr, b, s: "3.1").run(1e-3, 8, _S, _ctx()),
+        "not a number",
+    ),
+    ("space-bounds", lambda: _space().bounds_uv((1e-2, 1e-4), (1, 2), _S), "lr bounds"),
+    ("space-lr-zero", lambda: _space().to_uv(0.0, 8, _S), "lr must be"),
+    ("round-batch-float", lambda: load_law("step-law").predict(_S, round_batch=64.0), "64.0"),
+    ("scale-huge-int", lambda: Scale(N=10**400, D=1e9), "N must be positive"),
+    ("card-year-text", lambda: _card_dict(year="2024"), "'2024'"),
+    ("card-citation-text", lambda: _card_dict(citation="Li et al."), "'Li et al.'"),
 ]
+
+_S = Scale(N=1e9, D=1e11)
+
+
+def _ctx():
+    from steplaw_opt.objectives import RunContext
+
+    return RunContext()
+
+
+def _space():
+    from steplaw_opt.space import LawSpace
+
+    return LawSpace(load_law("step-law"))
+
+
+def _card_dict(**changes):
+    from steplaw_opt.priors import Law
+
+    data = {"name": "d", "citation": {"authors": "X", "title": "t", "year": 2024},
+            "lr": {"form": "power", "coefficient": 1.0, "exponents": {"N": -0.7}}}  # fmt: skip
+    if "year" in changes:
+        data["citation"]["year"] = changes["year"]
+    if "citation" in changes:
+        data["citation"] = changes["citation"]
+    return Law.from_dict(data)
 
 
 def _plateau():
@@ -450,5 +598,14 @@ def test_api_bad_input(call, needle):
     assert needle in message and "\n" not in message
 
 
-def test_the_corpus_is_large_enough():
-    assert len(CLI_CASES) + len(API_CASES) >= 30
+# The number of kinds of bad input the corpus holds (issue 14 found 46 when filed; the corpus
+# held 56 before its hostile-input classes were added). Adding a kind means raising this.
+KINDS = 84
+
+
+def test_the_corpus_counts_its_kinds():
+    n = len(CLI_CASES) + len(API_CASES)
+    print(f"bad-input corpus: {len(CLI_CASES)} CLI + {len(API_CASES)} API = {n} kinds")
+    assert n == KINDS
+    ids = [c[0] for c in CLI_CASES] + [c[0] for c in API_CASES]
+    assert len(set(ids)) == n, "every kind has its own id"

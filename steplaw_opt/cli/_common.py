@@ -64,15 +64,21 @@ def build_scale(
 
 
 def parse_rounding(text: str) -> Any:
+    """``--round-batch`` as ``"none"``, ``"pow2"`` or ``k``, checked now: a value the rounding
+    refuses must stop the command before any run, not after the last one."""
+    from steplaw_opt.priors._law import MAX_ROUNDING
+
     if text in ("none", "pow2"):
         return text
     try:
-        k = int(text)
+        k = int(text) if len(text) <= 20 else 0
     except ValueError:
         k = 0
-    if k <= 0:
+    if not 0 < k <= MAX_ROUNDING:
+        shown = text if len(text) <= 40 else text[:39] + "…"
         raise SteplawInputError(
-            f"--round-batch must be none, pow2 or a positive integer, got {text!r}"
+            "--round-batch must be none, pow2 or a positive integer up to "
+            f"{MAX_ROUNDING:,}, got {shown!r}"
         )
     return k
 

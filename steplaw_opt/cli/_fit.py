@@ -230,21 +230,26 @@ def _load_runs(opts: dict[str, Any]) -> Any:
 def _load_study(storage: str, name: str) -> Any:
     import optuna
 
+    from steplaw_opt._records import mask_secrets, mask_url
     from steplaw_opt.errors import SteplawInputError
+    from steplaw_opt.tune._study import open_existing_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    label = mask_url(storage)
+    # Checked first: a typo in an SQLite path is refused, not created as an empty database.
+    opened = open_existing_storage(optuna, storage)
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=name, storage=opened)
     except KeyError:
         try:
-            names = optuna.get_all_study_names(storage=storage)
+            names = optuna.get_all_study_names(storage=opened)
         except Exception:  # pragma: no cover - the first error is the one to report
             names = []
         have = ", ".join(repr(n) for n in names[:10]) or "none"
-        raise SteplawInputError(f"no study {name!r} in {storage!r} (studies: {have})") from None
+        raise SteplawInputError(f"no study {name!r} in {label!r} (studies: {have})") from None
     except Exception as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise SteplawInputError(f"cannot open Optuna storage {storage!r}: {first}") from None
+        first = mask_secrets((str(exc).splitlines() or [type(exc).__name__])[0], storage)[:300]
+        raise SteplawInputError(f"cannot open Optuna storage {label!r}: {first}") from None
 
 
 def _resolve_form(form: str | None, prior_law: Any) -> str:
@@ -295,6 +300,14 @@ def _run(**opts: Any) -> None:
         from steplaw_opt.plots._fit import check_plot_path
 
         check_plot_path(plot)
+    if opts["name"] is not None:
+        from steplaw_opt.priors._law import NAME_RE
+
+        if not NAME_RE.fullmatch(opts["name"]):
+            raise SteplawInputError(
+                f"--name {opts['name']!r} must be letters, digits, '.', '_', '+' or '-' (no "
+                "spaces or slashes, at most 100 characters): a card's name names studies too"
+            )
     prior_law = None if opts["prior"] == "none" else load_law(opts["prior"])
     form = _resolve_form(opts["form"], prior_law)
     runs = _load_runs(opts)

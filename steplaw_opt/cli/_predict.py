@@ -7,7 +7,8 @@ samplers or MLflow.
 from __future__ import annotations
 
 import json
-from typing import Annotated
+import math
+from typing import Annotated, Any
 
 import typer
 
@@ -80,7 +81,7 @@ def predict(
         # Top-level keys describe the first law (the Step Law for --law all), so scripts can
         # read doc["lr"] either way; --law all adds every law under "laws".
         doc = {**docs[0], "laws": docs} if law == "all" else docs[0]
-        print(json.dumps(doc, indent=2))
+        print(json.dumps(_finite(doc), indent=2, allow_nan=False))
         return
     from steplaw_opt.cli import _render
 
@@ -89,6 +90,18 @@ def predict(
         _render.print_prediction(console, laws[0], predictions[0])
     else:
         _render.print_predictions(console, laws, predictions)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float as ``None``: the output is strict JSON, which has
+    no ``Infinity`` or ``NaN`` (a card's numbers gone wrong are reported in ``missing``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------------- laws

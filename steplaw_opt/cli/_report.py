@@ -11,7 +11,8 @@ import csv
 import io
 import json
 import math
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 import typer
@@ -100,11 +101,20 @@ def _from_study(
     if not no_plots:
         from steplaw_opt.plots import write_plots
 
-        folder = Path(out or f"report-{name}")
+        folder = Path(out) if out else default_folder(name)
         doc["plots"] = [
             str(p) for p in write_plots(study, folder, sampler=sampler, refined=refined)
         ]
     return doc
+
+
+def default_folder(study_name: Any) -> Path:
+    """``report-<study>`` in the working folder, the name reduced to letters, digits and
+    ``._-``: a study name (or an MLflow tag claiming to be one) with ``/`` or ``..`` must not
+    choose where files are written."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(study_name))
+    safe = re.sub(r"\.{2,}", ".", safe).strip("._") or "study"
+    return Path(f"report-{safe[:100]}")
 
 
 def _from_mlflow(
@@ -112,45 +122,102 @@ def _from_mlflow(
 ) -> dict[str, Any]:
     import os
 
-    from steplaw_opt.tracking import PLOT_FOLDER, MlflowTracker
+    from steplaw_opt.priors._fit import check_mlflow_store, mlflow_error, mlflow_read_limits
+    from steplaw_opt.tracking import MlflowTracker, mask_url
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     tracker = MlflowTracker(tracking_uri).open()
-    client = tracker.client()
-    try:
-        run = client.get_run(run_id)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SteplawInputError(
-            f"no MLflow run {run_id!r} at {tracker.tracking_uri}: {first}"
-        ) from None
-    parent = run.data.tags.get("mlflow.parentRunId")
-    if parent is not None:
-        raise SteplawInputError(f"run {run_id!r} is a trial's run; give its parent {parent}")
-    data, tags = run.data, run.data.tags
-    name = tags.get("steplaw.study_name", run.info.run_name)
-    doc: dict[str, Any] = {
-        "study_name": name,
-        "storage": tags.get("optuna.storage"),
-        "target": {k: _num(data.params.get(f"target.{k}")) for k in ("N", "D", "seq_len")},
-        "law": data.params.get("law"),
-        "refined_optimum": _refined_from_metrics(data.metrics),
-        "trials": _read_trials(client, run_id),
-        "plots": [],
-        "mlflow": {
-            "run_id": run_id,
-            "tracking_uri": tracker.tracking_uri,
-            "status": run.info.status,
-        },
-    }
-    if not no_plots:
-        folder = Path(out or f"report-{name}")
-        folder.mkdir(parents=True, exist_ok=True)
-        names = [a.path for a in client.list_artifacts(run_id, PLOT_FOLDER)]
-        for path in names:
-            local = client.download_artifacts(run_id, path, str(folder))
-            doc["plots"].append(str(local))
+    uri = tracker.tracking_uri
+    check_mlflow_store(uri)  # reading must not create an empty mlflow.db
+    label = mask_url(uri)
+    with mlflow_read_limits():  # a server that is down: one line in seconds, not minutes
+        client = tracker.client()
+        try:
+            run = client.get_run(run_id)
+        except Exception as exc:
+            raise SteplawInputError(
+                f"no MLflow run {run_id!r} at {label}: {mlflow_error(uri, exc)}"
+            ) from None
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if parent is not None:
+            raise SteplawInputError(f"run {run_id!r} is a trial's run; give its parent {parent}")
+        data, tags = run.data, run.data.tags
+        name = tags.get("steplaw.study_name", run.info.run_name)
+        doc: dict[str, Any] = {
+            "study_name": name,
+            "storage": tags.get("optuna.storage"),
+            "target": {k: _num(data.params.get(f"target.{k}")) for k in ("N", "D", "seq_len")},
+            "law": data.params.get("law"),
+            "refined_optimum": _refined_from_metrics(data.metrics),
+            "trials": _read_trials(client, run_id),
+            "plots": [],
+            "mlflow": {"run_id": run_id, "tracking_uri": label, "status": run.info.status},
+        }
+        if not no_plots:
+            folder = Path(out) if out else default_folder(name)
+            doc["plots"] = [str(p) for p in _download_plots(client, run_id, folder, uri)]
     return doc
+
+
+# A plot the run may hand back: plots/<name>.<png|pdf|svg>, nothing else, nowhere else.
+_PLOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.(?:png|pdf|svg)")
+MAX_PLOT_BYTES = 50 * 2**20
+MAX_TRIALS_CSV_BYTES = 20 * 2**20
+
+
+def _download_plots(client: Any, run_id: str, folder: Path, uri: str) -> list[Path]:
+    """The run's plots, copied into ``folder`` under their own base names only. Artifact paths
+    come from the tracking server: one that is not ``plots/<name>.png`` (``..``, a subfolder,
+    an absolute path) is skipped, and each file is downloaded to a temporary folder first and
+    checked to be a regular file inside it."""
+    import shutil
+    import tempfile
+
+    from steplaw_opt.priors._fit import mlflow_error
+    from steplaw_opt.tracking import PLOT_FOLDER
+
+    try:
+        listed = client.list_artifacts(run_id, PLOT_FOLDER)
+    except Exception as exc:
+        raise SteplawInputError(
+            f"cannot list the plots of run {run_id!r}: {mlflow_error(uri, exc)}"
+        ) from None
+    wanted = []
+    for a in listed:
+        parts = PurePosixPath(str(a.path)).parts
+        size = getattr(a, "file_size", None) or 0
+        if (
+            not getattr(a, "is_dir", False)
+            and len(parts) == 2
+            and parts[0] == PLOT_FOLDER
+            and _PLOT_NAME.fullmatch(parts[1])
+            and size <= MAX_PLOT_BYTES
+        ):
+            wanted.append((str(a.path), parts[1]))
+    if not wanted:
+        return []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SteplawInputError(f"cannot write plots to {str(folder)!r}: {exc.strerror}") from None
+    written = []
+    with tempfile.TemporaryDirectory(prefix="steplaw-report-") as tmp:
+        root = Path(tmp).resolve()
+        for path, base in wanted:
+            try:
+                local = Path(client.download_artifacts(run_id, path, tmp)).resolve()
+            except Exception as exc:
+                raise SteplawInputError(
+                    f"cannot download {path!r} of run {run_id!r}: {mlflow_error(uri, exc)}"
+                ) from None
+            if not local.is_relative_to(root) or not local.is_file():
+                continue  # the server put it elsewhere, or it is not a file: not copied
+            if local.stat().st_size > MAX_PLOT_BYTES:
+                continue
+            target = folder / base
+            shutil.copyfile(local, target)
+            written.append(target)
+    return written
 
 
 def _num(value: str | None) -> float | None:
@@ -176,22 +243,32 @@ def _refined_from_metrics(metrics: dict[str, float]) -> dict[str, Any]:
 
 
 def _read_trials(client: Any, run_id: str) -> list[dict[str, Any]]:
+    """The run's ``trials.csv``, read defensively: its first
+    :data:`MAX_TRIALS_CSV_BYTES`, bytes that are not UTF-8 replaced, rows that are not CSV
+    the table's end (it comes from a server, not from this program)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client.download_artifacts(run_id, "trials.csv", tmp)
+            path = Path(client.download_artifacts(run_id, "trials.csv", tmp))
+            if not path.is_file():
+                return []
+            with path.open("rb") as f:
+                raw = f.read(MAX_TRIALS_CSV_BYTES)
         except Exception:
             return []
-        text = Path(path).read_text(encoding="utf-8")
+    text = raw.decode("utf-8", errors="replace")
     rows = []
-    for row in csv.DictReader(io.StringIO(text)):
-        rows.append({k: _cell(k, v) for k, v in row.items()})
+    try:
+        for row in csv.DictReader(io.StringIO(text)):
+            rows.append({str(k): _cell(str(k), v) for k, v in row.items() if k is not None})
+    except csv.Error:
+        pass  # a field over csv's limit or a NUL byte: the rows read so far stand
     return rows
 
 
-def _cell(key: str, value: str) -> Any:
-    if value == "":
+def _cell(key: str, value: Any) -> Any:
+    if not isinstance(value, str) or value == "":
         return None
     if key in ("state", "failure", "proposal"):
         return value
@@ -246,8 +323,16 @@ def _trial_cells(row: dict[str, Any]) -> list[str]:
         _fmt(row.get("gap"), "pct"),
         _fmt(row.get("u")),
         _fmt(row.get("v")),
-        str(row.get("failure") or ""),
+        _short_text(row.get("failure")),
     ]
+
+
+def _short_text(value: Any, limit: int = 200) -> str:
+    """A failure reason for a table cell: its first line, cut (a study may hold a reason of
+    megabytes, written by an older version or by someone else)."""
+    text = str(value or "").strip()
+    text = text.splitlines()[0] if text else ""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def to_markdown(doc: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -240,10 +241,13 @@ def tune_command(
             "many machines, sqlite:///file.db for one), not "
             f"{storage or 'the default'!r}"
         )
+    from steplaw_opt.tune._workers import stop_signals
+
     tracker = _tracker(tracking_uri, experiment, not no_mlflow, console)
     display = render.TrialDisplay(console, plan.total_runs, enabled=not as_json)
     try:
-        with tracker, display:
+        # Ctrl-C, SIGTERM and SIGHUP all stop the job's process group and fail its trial.
+        with stop_signals(), tracker, display:
             result = tune(
                 target,
                 objective,
@@ -255,12 +259,14 @@ def tune_command(
                 create_only=create_only,
                 refit_law=refit_law,
             )
-    except KeyboardInterrupt:
-        console.print(
-            "[yellow]Interrupted.[/yellow] The running trial is marked failed; run the same "
-            "command again to resume."
-        )
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        by = getattr(exc, "signame", "Ctrl-C")
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            console.print(
+                f"[yellow]Interrupted ({by}).[/yellow] The running trial is marked failed; run "
+                "the same command again to resume."
+            )
+        raise typer.Exit(getattr(exc, "exit_code", 130)) from None
     if result is None:  # --create-only
         name = study_name or default_name(target, law_obj)
         doc = {"study_name": name, "storage": mask_url(storage or ""), "planned": plan.total_runs}
@@ -274,6 +280,16 @@ def tune_command(
                 highlight=False,
             )
         return
+    if result.n_complete == 0:  # nothing measured: the "refined optimum" is the law's point
+        import sys
+
+        print(
+            f"steplaw-opt: error: every run failed ({result.n_failed} failed, none finished), "
+            "so there is no refined optimum; fix the job (the reasons are in the table above "
+            "and in the study) and run the same command again",
+            file=sys.stderr,
+        )
+        raise typer.Exit(1)
     check = _demo_check(console, result, target, not as_json) if demo else None
     if as_json:
         doc = result.to_dict()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import signal
 from typing import Annotated
 
 import typer
@@ -34,6 +34,15 @@ def worker_command(
         bool, typer.Option("--no-mlflow", help="Do not record the trials in MLflow.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    command: Annotated[
+        str | None,
+        typer.Option(
+            "--command",
+            help="The command template this worker runs: it refuses a study that stores "
+            "another one (whoever can write the database chooses what a worker without "
+            "--command runs; docs/security.md).",
+        ),
+    ] = None,
 ) -> None:
     """Take trials from a shared study until its plan is done, then exit 0.
 
@@ -47,10 +56,17 @@ def worker_command(
 
     from steplaw_opt.cli import _render_tune as render
     from steplaw_opt.tracking import ATTR_TRACKING_URI, MlflowTracker
-    from steplaw_opt.tune import load_tuned_study, run_worker, sigterm_as_interrupt
+    from steplaw_opt.tune import load_tuned_study, run_worker
+    from steplaw_opt.tune._workers import stop_signals
 
     console = Console(stderr=as_json)
     study = load_tuned_study(study_name, storage)  # one-line refusals: missing, foreign
+    from steplaw_opt.objectives._command import stored_command, worker_objective
+
+    # Its own command, checked against the study's before anything runs (docs/security.md).
+    objective = worker_objective(study, command) if command is not None else None
+    if objective is None and stored_command(study) is not None:
+        console.print(f"running the study's stored command: {stored_command(study)}", markup=False)
     uri = tracking_uri or study.user_attrs.get(ATTR_TRACKING_URI)
     if uri is not None and "***" in uri:
         uri = None  # a masked URI cannot be used: MLflow's default / MLFLOW_TRACKING_URI
@@ -59,22 +75,25 @@ def worker_command(
         console.print(f"[yellow]MLflow:[/yellow] {message}", highlight=False)
 
     tracker = MlflowTracker(uri, experiment, enabled=not no_mlflow, on_warning=warn).open()
-    previous = sigterm_as_interrupt()
     try:
-        with tracker:
+        # SIGTERM (a scheduler's stop), SIGHUP and Ctrl-C stop the job's process group and fail
+        # its trial "interrupted", so its slot is free for the next worker.
+        with stop_signals(), tracker:
             result = run_worker(
-                study_name, storage, heartbeat_interval=heartbeat_interval, tracker=tracker
+                study_name,
+                storage,
+                objective=objective,
+                heartbeat_interval=heartbeat_interval,
+                tracker=tracker,
             )
     except KeyboardInterrupt as exc:
-        console.print(
-            "[yellow]Stopped.[/yellow] The running trial is marked failed; another worker "
-            "(or this one, started again) runs it."
-        )
-        code = 143 if "signal" in str(exc) else 130
-        raise typer.Exit(code) from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        by = getattr(exc, "signame", "Ctrl-C")
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            console.print(
+                f"[yellow]Stopped ({by}).[/yellow] The running trial is marked failed; another "
+                "worker (or this one, started again) runs it."
+            )
+        raise typer.Exit(getattr(exc, "exit_code", 130)) from None
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=float))
         return

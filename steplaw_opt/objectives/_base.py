@@ -8,12 +8,25 @@ from dataclasses import dataclass, field
 
 from steplaw_opt.scale import Scale
 
+MAX_REASON_CHARS = 4000  # a reason is stored in the study and shown in the progress display
+
+
+def bounded_reason(reason: object) -> str:
+    """``reason`` as text of at most :data:`MAX_REASON_CHARS`: its head (what failed) and its
+    tail (the last lines a person reads), so a 2 MB error is neither stored nor printed whole."""
+    text = str(reason)
+    if len(text) <= MAX_REASON_CHARS:
+        return text
+    head = 200
+    return f"{text[:head]} … {text[-(MAX_REASON_CHARS - head - 3) :]}"
+
 
 class TrialFailed(Exception):
     """A run that produced no usable loss. ``reason`` is one line for people and for the
-    sampler (``"diverged"`` marks a run whose loss blew up)."""
+    sampler (``"diverged"`` marks a run whose loss blew up), cut to a few KB."""
 
     def __init__(self, reason: str) -> None:
+        reason = bounded_reason(reason)
         super().__init__(reason)
         self.reason = reason
 
@@ -21,12 +34,16 @@ class TrialFailed(Exception):
 @dataclass
 class RunContext:
     """What an objective may use besides (lr, batch, scale): the trial's number, a callback for
-    intermediate losses (``report(step, loss)``), and a per-trial time limit in seconds."""
+    intermediate losses (``report(step, loss)``), a per-trial time limit in seconds, and
+    ``stop_check()``, which an objective waiting on a job calls now and then: it raises the
+    stop (a ``KeyboardInterrupt``) that a signal asked for, in case Python swallowed the
+    exception (a signal landing in a ``__del__`` or a weakref callback)."""
 
     trial_number: int = 0
     report: Callable[[int, float], None] | None = None
     timeout: float | None = None
     notes: dict[str, object] = field(default_factory=dict)  # objective-specific facts to record
+    stop_check: Callable[[], None] | None = None
 
 
 class Objective(abc.ABC):

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import numbers
+import warnings
 from collections.abc import Callable
+from typing import Any
+
+import numpy as np
 
 from steplaw_opt.errors import SteplawInputError
 from steplaw_opt.objectives._base import Objective, RunContext
@@ -41,4 +46,31 @@ class CallableObjective(Objective):
         self.name = getattr(function, "__name__", "callable")
 
     def run(self, lr: float, batch_size: float, scale: Scale, context: RunContext) -> float:
-        return float(self.function(lr, batch_size, scale))
+        return as_loss(self.function(lr, batch_size, scale), self.name)
+
+
+def as_loss(value: Any, name: str = "objective") -> float:
+    """A callable's return value as a loss: any real number (Python, NumPy, a 0-d array or
+    tensor); anything else — text, ``None``, a bool, a list, a complex number, an array of
+    several values — is a bug in the function, reported in one line naming the value (a run
+    that failed should raise :class:`~steplaw_opt.objectives.TrialFailed` instead)."""
+    refused = (
+        value is None
+        or isinstance(value, (bool, np.bool_, str, bytes))
+        or getattr(value, "shape", ()) != ()  # an array of several values
+    )
+    if not refused:
+        if isinstance(value, numbers.Real):
+            return float(value)
+        try:  # 0-d arrays and tensors convert; complex numbers and containers do not
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # NumPy's ComplexWarning: the imaginary part lost
+                return float(value)
+        except (TypeError, ValueError, OverflowError, Warning):
+            pass
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:59] + "…"
+    raise SteplawInputError(
+        f"objective {name!r} returned {text} ({type(value).__name__}), not a number: return the "
+        "run's loss as a float, or raise TrialFailed for a run that failed"
+    )

@@ -5,10 +5,21 @@ The template's placeholders are filled per run (Python format rules: write a lit
 
     python train.py --lr {lr} --batch-size {batch_size} --tokens {tokens} --out {metrics_file}
 
+A placeholder is a bare name: no format spec, conversion, attribute or index (``{lr:.2e}``,
+``{lr!r}``, ``{lr[0]}`` are refused when the objective is made, not at the first trial). Every
+value is quoted for the shell, so a temporary folder with a space, a quote or a ``;`` in its name
+reaches the job as one word and runs nothing; a placeholder may stand bare or inside your own
+single or double quotes (``--out '{metrics_file}'``), the value is quoted for where it stands.
+Numbers need no quotes and get none (``--lr 0.003``).
+
 The job reports its loss as the last JSON line on stdout (``{"loss": 3.21}``) or as JSON in
 ``{metrics_file}``; lines like ``{"step": 100, "loss": 3.9}`` are intermediate losses, passed on
 as they arrive. A non-zero exit, a timeout, a line with ``"diverged": true`` or no loss at all is
 a failed run whose reason (exit code and stderr tail, "timeout", "diverged") is recorded.
+Output is read defensively: bytes that are not UTF-8 are replaced, a line longer than
+:data:`MAX_LINE_BYTES` keeps only its tail, a metrics file is read only if it is a regular file
+(not a FIFO or ``/dev/zero``) and only its last :data:`MAX_METRICS_BYTES`, and a failure reason
+keeps the tail of stderr, a few KB at most.
 """
 
 from __future__ import annotations
@@ -19,14 +30,18 @@ import json
 import math
 import os
 import queue
+import re
+import shlex
 import signal
+import stat
 import string
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from steplaw_opt.errors import SteplawInputError
 from steplaw_opt.objectives._base import Objective, RunContext, TrialFailed
@@ -45,21 +60,99 @@ PLACEHOLDERS = (
 STDERR_TAIL_LINES = 5
 
 
-def template_fields(template: str) -> list[str]:
-    """The placeholder names a template uses; raises naming a malformed or unknown one."""
+MAX_TEMPLATE_CHARS = 100_000  # a command line longer than this is not a command (ARG_MAX)
+MAX_LINE_BYTES = 64 * 1024  # a JSON loss line is short: longer output lines keep their tail
+MAX_METRICS_BYTES = 1 << 20  # the tail of a metrics file that is read
+REASON_TAIL_CHARS = 2000  # the stderr tail kept in a failure reason
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _parse_template(template: str) -> list[tuple[str, str | None]]:
+    """The template as (literal text, placeholder name or None) pairs, checked completely: one
+    line naming a malformed template, an unknown placeholder, or one with a format spec,
+    conversion, attribute or index (they would fail, or silently truncate, at the first
+    trial: every value is a string already formatted and quoted for the shell)."""
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        parts = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise SteplawInputError(f"command template {template!r} is malformed: {exc}") from None
-    for f in fields:
-        name = f.split(".")[0].split("[")[0].split("!")[0]
+        raise SteplawInputError(
+            f"command template {_shown(template)!r} is malformed: {exc}"
+        ) from None
+    known = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+    out: list[tuple[str, str | None]] = []
+    for literal, field, spec, conversion in parts:
+        if field is None:
+            out.append((literal, None))
+            continue
+        written = "{" + field + (f"!{conversion}" if conversion else "")
+        written += (f":{spec}" if spec else "") + "}"
+        name = re.split(r"[.\[]", field, maxsplit=1)[0]
         if name not in PLACEHOLDERS:
             raise SteplawInputError(
-                f"command template has unknown placeholder {{{f}}}; "
-                f"known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)} "
+                f"command template has unknown placeholder {_shown(written)}; known: {known} "
                 "(write literal braces as {{ and }})"
             )
-    return fields
+        if name != field or conversion or spec:
+            raise SteplawInputError(
+                f"command template placeholder {_shown(written)} takes no format spec, "
+                f"conversion, attribute or index: write {{{name}}} (values come formatted, "
+                "lr with 6 significant digits, sizes as whole numbers, and quoted for the shell)"
+            )
+        out.append((literal, name))
+    return out
+
+
+def template_fields(template: str) -> list[str]:
+    """The placeholder names a template uses; raises naming a malformed or unknown one, or one
+    with a format spec, conversion, attribute or index."""
+    return [name for _, name in _parse_template(template) if name is not None]
+
+
+def _quote_state(text: str, state: str) -> str:
+    """The shell's quoting state after ``text``, starting in ``state``: ``""`` (unquoted),
+    ``"'"`` or ``'"'`` (inside single or double quotes)."""
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if state == "'":
+            if c == "'":
+                state = ""
+        elif c == "\\":
+            i += 1  # escapes the next character, unquoted and inside double quotes
+        elif state == '"':
+            if c == '"':
+                state = ""
+        elif c in "'\"":
+            state = c
+        i += 1
+    return state
+
+
+def shell_quote(value: str, state: str) -> str:
+    """``value`` as one literal word where the template puts it: bare (``shlex.quote``, which
+    leaves numbers alone), inside single quotes (a quote closes them, is escaped, reopens) or
+    inside double quotes (backslash, double quote, dollar and backquote are escaped)."""
+    if state == "'":
+        return value.replace("'", "'\\''")
+    if state == '"':
+        return re.sub(r'([\\"$`])', r"\\\1", value)
+    return shlex.quote(value)
+
+
+def render_template(parts: list[tuple[str, str | None]], values: Mapping[str, str]) -> str:
+    """Fill parsed template ``parts`` with ``values``, each quoted for the shell where it
+    stands."""
+    out: list[str] = []
+    state = ""
+    for literal, name in parts:
+        out.append(literal)
+        state = _quote_state(literal, state)
+        if name is not None:
+            out.append(shell_quote(values[name], state))
+    return "".join(out)
 
 
 def parse_json_line(line: str) -> dict[str, Any] | None:
@@ -68,7 +161,7 @@ def parse_json_line(line: str) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(line)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # bad JSON, a 5000-digit number, [[[[…]]]]
         return None
     return value if isinstance(value, dict) else None
 
@@ -79,8 +172,36 @@ def _loss_of(record: dict[str, Any]) -> float | None:
         return None
     try:
         return float(loss)  # json allows NaN/Infinity; "nan" strings too
-    except ValueError:
-        return None
+    except (ValueError, OverflowError):  # an integer of 400 digits overflows a float
+        return math.inf if isinstance(loss, int) else None
+
+
+def _lines(stream: IO[Any]) -> Iterator[str]:
+    """The lines of a job's output, read in bounded pieces: bytes that are not UTF-8 are
+    replaced (a binary stream must not kill the reader and leave the pipe full), and a line
+    longer than :data:`MAX_LINE_BYTES` keeps only its tail (a 2 MB line is not held whole)."""
+    raw = getattr(stream, "buffer", stream)  # the bytes under a text-mode pipe
+    partial = b""
+    while True:
+        chunk = raw.readline(MAX_LINE_BYTES)
+        if not chunk:
+            if partial:
+                yield partial.decode("utf-8", errors="replace")
+            return
+        if isinstance(chunk, str):  # a text stream without a buffer (tests, wrappers)
+            chunk = chunk.encode("utf-8", errors="replace")
+        if chunk.endswith(b"\n"):
+            line = (partial + chunk)[-MAX_LINE_BYTES:] if partial else chunk
+            partial = b""
+            yield line.decode("utf-8", errors="replace")
+        else:
+            partial = (partial + chunk)[-MAX_LINE_BYTES:]
+
+
+def _tail(text: str, limit: int = REASON_TAIL_CHARS) -> str:
+    """The last ``limit`` characters of ``text`` (what a person reads first in a traceback is
+    its end)."""
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
 
 
 class CommandObjective(Objective):
@@ -109,24 +230,38 @@ class CommandObjective(Objective):
     ) -> None:
         if not isinstance(template, str) or not template.strip():
             raise SteplawInputError("command template is empty")
-        self.fields = template_fields(template)
+        if len(template) > MAX_TEMPLATE_CHARS or "\x00" in template:
+            raise SteplawInputError(
+                f"command template {_shown(template)!r} is not a command line (over "
+                f"{MAX_TEMPLATE_CHARS:,} characters, or a NUL byte)"
+            )
+        self._parts = _parse_template(template)
+        self.fields = [name for _, name in self._parts if name is not None]
         if batch_unit not in ("sequences", "tokens"):
             raise SteplawInputError(
                 f"batch_unit must be 'sequences' or 'tokens', got {batch_unit!r}"
             )
-        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        if timeout is not None and not (
+            isinstance(timeout, (int, float))
+            and not isinstance(timeout, bool)
+            and timeout > 0  # NaN fails this too
+        ):
             raise SteplawInputError(
                 f"timeout must be a positive number of seconds, got {timeout!r}"
             )
         self.template = template
         self.batch_unit = batch_unit
         self.timeout = timeout
-        self.workdir = Path(workdir) if workdir is not None else None
-        self.env = dict(env or {})
+        self.workdir = _check_workdir(workdir)
+        self.env = _check_env(env)
+        # A trial render now, with values like a real trial's: whatever the template does
+        # wrong shows here, not at the first trial.
+        self.render(1e-3, 64, Scale(N=1e9, D=1e11), 0, "/tmp/steplaw-trial-x/metrics.json")
 
     def render(
         self, lr: float, batch_size: float, scale: Scale, trial_number: int, metrics: str
     ) -> str:
+        """The shell command for one run: every value quoted for where it stands."""
         batch_tokens = batch_size if self.batch_unit == "tokens" else batch_size * scale.seq_len
         values = {
             "lr": f"{lr:.6g}",
@@ -138,7 +273,7 @@ class CommandObjective(Objective):
             "trial_number": str(trial_number),
             "metrics_file": metrics,
         }
-        return self.template.format(**values)
+        return render_template(self._parts, values)
 
     def run(self, lr: float, batch_size: float, scale: Scale, context: RunContext) -> float:
         timeout = context.timeout if context.timeout is not None else self.timeout
@@ -153,6 +288,7 @@ class CommandObjective(Objective):
         self, command: str, metrics: str, timeout: float | None, context: RunContext
     ) -> float:
         env = {**os.environ, **self.env}
+        grace = stop_grace()  # read (and checked) before the job starts
         proc = subprocess.Popen(
             command,
             shell=True,
@@ -163,20 +299,22 @@ class CommandObjective(Objective):
             text=True,
             start_new_session=True,  # its own process group, so a timeout stops its children
         )
+        # Stops the group even when this process cannot (SIGKILL, a crash): see _Watchdog.
+        watchdog = _Watchdog(proc.pid, grace)
         records: queue.Queue[dict[str, Any]] = queue.Queue()
         stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         last: list[dict[str, Any]] = []
 
         def pump_stdout() -> None:
             assert proc.stdout is not None
-            for line in proc.stdout:
+            for line in _lines(proc.stdout):  # bounded, binary-safe
                 record = parse_json_line(line)
                 if record is not None:
                     records.put(record)
 
         def pump_stderr() -> None:
             assert proc.stderr is not None
-            for line in proc.stderr:
+            for line in _lines(proc.stderr):  # bounded, binary-safe
                 if line.strip():
                     stderr_tail.append(line.rstrip())
 
@@ -185,22 +323,28 @@ class CommandObjective(Objective):
             t.start()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while True:
-                self._drain(records, last, context)
-                try:
-                    proc.wait(timeout=0.1)
-                    break
-                except subprocess.TimeoutExpired:
-                    if deadline is not None and time.monotonic() > deadline:
-                        _stop(proc)
-                        raise TrialFailed(f"timeout after {timeout:g} s") from None
-        except BaseException:
-            _stop(proc)
-            raise
+            try:
+                while True:
+                    self._drain(records, last, context)
+                    if context.stop_check is not None:
+                        context.stop_check()
+                    try:
+                        proc.wait(timeout=0.1)
+                        break
+                    except subprocess.TimeoutExpired:
+                        if deadline is not None and time.monotonic() > deadline:
+                            _stop(proc, grace)
+                            raise TrialFailed(f"timeout after {timeout:g} s") from None
+            except BaseException:  # timeout, Ctrl-C, SIGTERM/SIGHUP (raised by the run loop)
+                _stop(proc, grace)
+                raise
+            _stop(proc, grace)  # the job's shell has exited: end what it left running
+        finally:
+            watchdog.release()
         for t in threads:
             t.join(timeout=5)
         self._drain(records, last, context)
-        tail = " | ".join(stderr_tail)
+        tail = _tail(" | ".join(stderr_tail))  # stored and shown: a few KB at most
         if proc.returncode != 0:
             reason = f"exit code {proc.returncode}"
             if last and last[-1].get("diverged") is True:
@@ -241,26 +385,211 @@ def _number(x: float) -> str:
 
 
 def _read_metrics(path: str) -> dict[str, Any] | None:
+    """The JSON a job wrote to ``{metrics_file}``, or ``None``. Only a regular file is read
+    (opened without blocking: a FIFO or a link to ``/dev/zero`` must not hang the study), only
+    its last :data:`MAX_METRICS_BYTES`, and bytes that are not UTF-8 are replaced."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
     try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if info.st_size > MAX_METRICS_BYTES:
+            os.lseek(fd, info.st_size - MAX_METRICS_BYTES, os.SEEK_SET)
+        raw = os.read(fd, MAX_METRICS_BYTES)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    text = raw.decode("utf-8", errors="replace")
+    try:
         value = json.loads(text)
         return value if isinstance(value, dict) else None
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         records = [r for r in map(parse_json_line, text.splitlines()) if r is not None]
         return records[-1] if records else None
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    """Stop the command's whole process group: SIGTERM, then SIGKILL after 5 s."""
-    if proc.poll() is not None:
-        return
+def _check_workdir(workdir: Any) -> Path | None:
+    if workdir is None:
+        return None
+    if not isinstance(workdir, (str, os.PathLike)):
+        raise SteplawInputError(f"workdir must be a folder path, got {workdir!r}")
+    path = Path(workdir)
+    if not path.is_dir():
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise SteplawInputError(f"workdir {_shown(str(path), 200)!r} {what}")
+    return path
+
+
+def _check_env(env: Any) -> dict[str, str]:
+    """Extra environment variables as a ``{name: value}`` dict of strings (what ``exec``
+    takes), checked now rather than when the first job starts."""
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise SteplawInputError(
+            f"env must be a dict of name: value strings, got {_shown(repr(env))}"
+        )
+    out: dict[str, str] = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not key or "=" in key or "\x00" in key:
+            raise SteplawInputError(f"env names must be non-empty text without '=', got {key!r}")
+        if not isinstance(value, str) or "\x00" in value:
+            raise SteplawInputError(
+                f"env[{key!r}] must be text, got {_shown(repr(value))} (write str(value))"
+            )
+        out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------------- workers
+def stored_command(study: Any) -> str | None:
+    """The command template a study made by ``tune --create-only --command`` stores for its
+    workers (``None`` when it stores another objective). Whoever can write the study's
+    database can change it: docs/security.md."""
+    from steplaw_opt._records import ATTR_CONFIG
+
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=5)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        doc = json.loads(study.user_attrs.get(ATTR_CONFIG) or "{}")
+    except (TypeError, ValueError):
+        return None
+    spec = doc.get("objective") if isinstance(doc, dict) else None
+    if isinstance(spec, dict) and spec.get("kind") == "command":
+        command = spec.get("command")
+        return command if isinstance(command, str) else None
+    return None
+
+
+def worker_objective(study: Any, command: str) -> CommandObjective:
+    """The objective of a worker that states its own ``command`` (``worker --command``): the
+    study must store exactly that command, or the worker refuses in one line and runs nothing;
+    the worker then runs its own copy, never the stored text (which may change meanwhile)."""
+    from steplaw_opt._records import ATTR_CONFIG
+
+    stored = stored_command(study)
+    if stored != command:
+        what = "no command" if stored is None else f"the command {_shown(stored, 120)!r}"
+        raise SteplawInputError(
+            f"the study's stored command differs from --command: study {study.study_name!r} "
+            f"stores {what}, this worker runs only {_shown(command, 120)!r}; nothing was run"
+        )
+    doc = json.loads(study.user_attrs[ATTR_CONFIG])
+    timeout = doc.get("timeout_per_trial")
+    return CommandObjective(
+        command,
+        batch_unit=doc.get("batch_unit", "sequences"),
+        timeout=float(timeout) if isinstance(timeout, (int, float)) else None,
+    )
+
+
+STOP_GRACE = 10.0  # seconds a job gets between SIGTERM and SIGKILL (STEPLAW_STOP_GRACE)
+_WATCHDOG = (  # $1: the job's process group, $2: the grace period in whole seconds
+    'read -r word; [ "$word" = done ] && exit 0; '
+    'kill -s TERM -- "-$1" 2>/dev/null || exit 0; i=0; '
+    'while [ "$i" -lt "$2" ] && kill -s 0 -- "-$1" 2>/dev/null; do sleep 1; i=$((i+1)); done; '
+    'kill -s KILL -- "-$1" 2>/dev/null; exit 0'
+)
+
+
+def stop_grace() -> float:
+    """Seconds between SIGTERM and SIGKILL when a job is stopped: ``STEPLAW_STOP_GRACE``, else
+    :data:`STOP_GRACE` (time for a training job to write its last checkpoint)."""
+    raw = os.environ.get("STEPLAW_STOP_GRACE")
+    if raw is None or not raw.strip():
+        return STOP_GRACE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= 3600):
+        raise SteplawInputError(
+            f"STEPLAW_STOP_GRACE must be a number of seconds in [0, 3600], got {raw!r}"
+        )
+    return value
+
+
+class _Watchdog:
+    """A tiny shell in its own session that stops the job's process group when this process
+    dies without stopping it (SIGKILL, the OOM killer, a crash): it waits on a pipe only this
+    process holds, and the kernel closes the pipe whatever way the process ends. A normal end
+    writes "done" and the watchdog exits without touching anything."""
+
+    def __init__(self, pgid: int, grace: float) -> None:
+        try:
+            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                ["/bin/sh", "-c", _WATCHDOG, "steplaw-watchdog", str(pgid),
+                 str(math.ceil(grace))],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # deaf to the terminal's Ctrl-C and hang-up
+            )  # fmt: skip
+        except OSError:  # no /bin/sh: the job still stops on every stop this process sees
+            self._proc = None
+
+    def release(self) -> None:
+        """The job's group has been dealt with: let the watchdog go."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.stdin is None:
+            return
+        with contextlib.suppress(OSError):
+            proc.stdin.write(b"done\n")
+            proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)
+
+
+def _group_alive(pgid: int, proc: subprocess.Popen[str]) -> bool:
+    """Whether any process of the job's group is still alive (zombies do not count: they are
+    dead, waiting for a parent to reap them)."""
+    proc.poll()  # reap the shell if it has exited, so it does not count as alive
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member we may not signal is alive
+        return True
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # no /proc (macOS): trust the signal
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _stop(proc: subprocess.Popen[str], grace: float | None = None) -> None:
+    """Stop the command's whole process group: SIGTERM, then SIGKILL to whatever is left of the
+    group after ``grace`` seconds. The group, not the shell, decides: the shell may die at once
+    while the job it started ignores SIGTERM. A second Ctrl-C (or any error) during the grace
+    period kills the group at once, so no stop leaves a job behind."""
+    pgid = proc.pid  # start_new_session: the shell leads its own session and group
+    if not _group_alive(pgid, proc):
+        proc.wait()
+        return
+    grace = stop_grace() if grace is None else grace
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    try:
+        while time.monotonic() < deadline and _group_alive(pgid, proc):
+            time.sleep(0.05)
+    finally:
+        if _group_alive(pgid, proc):
+            _signal_group(pgid, signal.SIGKILL)
         proc.wait()

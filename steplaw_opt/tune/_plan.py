@@ -20,6 +20,9 @@ from steplaw_opt.errors import SteplawInputError
 from steplaw_opt.scale import Scale
 
 DEFAULT_FRACTIONS = (1 / 16, 1 / 8, 1 / 4)
+# Far beyond any real plan: a typo (1e9 for 1.0) is refused up front instead of planned.
+MAX_BUDGET = 1e4  # target-run equivalents
+MAX_RUNS = 100_000
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,14 @@ def check_budget(budget: float, n_trials: int | None, target_runs: int) -> None:
         or not (math.isfinite(budget) and budget >= 0)
     ):
         raise SteplawInputError(f"budget must be a non-negative number, got {budget!r}")
+    if budget > MAX_BUDGET:
+        raise SteplawInputError(
+            f"budget {budget:g} target-run equivalents is more than {MAX_BUDGET:g}: a typo?"
+        )
     if n_trials is not None and (isinstance(n_trials, bool) or n_trials < 1):
         raise SteplawInputError(f"n_trials must be a positive integer, got {n_trials!r}")
+    if n_trials is not None and n_trials > MAX_RUNS:
+        raise SteplawInputError(f"n_trials {n_trials} is more than {MAX_RUNS:,} runs: a typo?")
     if isinstance(target_runs, bool) or target_runs < 0:
         raise SteplawInputError(f"target_runs must be a non-negative integer, got {target_runs!r}")
     if target_runs > budget + 1e-9:
@@ -139,6 +148,12 @@ def plan_proxies(
         planned.append(ProxyStage(target, target_runs, 1.0))
     if n_trials is not None:
         planned = _cap(planned, n_trials)
+    total = sum(stage.runs for stage in planned)
+    if total > MAX_RUNS:
+        raise SteplawInputError(
+            f"budget {budget:g} plans {total:,} runs, more than {MAX_RUNS:,}: give --n-trials "
+            "or a smaller budget"
+        )
     if not planned:
         cheapest = stages[0][1] if stages else 1.0
         raise SteplawInputError(

@@ -7,9 +7,13 @@ refused in one line, so two different searches never share one study by accident
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import sqlite3
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from steplaw_opt._records import (
     ATTR_FAILURE,
     ATTR_LAW,
     INTERRUPTED,
+    mask_secrets,
     mask_url,
 )
 from steplaw_opt.errors import SteplawInputError
@@ -37,35 +42,174 @@ def default_study_name(target: Scale, law: Law) -> str:
     return f"steplaw-{law.name}-N{n}-D{d}"
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _first_line(exc: BaseException, url: str = "") -> str:
+    """The first line of a driver's error, cut, with ``url``'s password hidden in it."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = mask_secrets(text, url) if url else text
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+CONNECT_TIMEOUT = 10  # seconds to reach a database server that does not answer
+QUICK_CHECK_MAX_BYTES = 256 * 2**20  # a larger file is not scanned before opening
+# Optuna's tables: an SQLite file that has tables but none of these is someone else's database.
+# (alembic_version is not one: MLflow's mlflow.db has it too.)
+_OPTUNA_TABLES = {"studies", "version_info"}
+# SQLite files this process created for a storage that then failed: removed again, so a typo or
+# a full disk leaves no stray database behind (keyed by the storage object).
+_NEW_FILES: weakref.WeakKeyDictionary[Any, Path] = weakref.WeakKeyDictionary()
+
+
+def _refuse(url: str, why: str) -> SteplawInputError:
+    return SteplawInputError(f"cannot open storage {mask_url(url)!r}: {why}")
+
+
+def storage_url(url: Any) -> Any:
+    """The parsed SQLAlchemy URL of an Optuna storage URL, checked without connecting: one line
+    naming the URL (password masked) for a malformed URL, an unknown database kind or a missing
+    driver."""
+    if not isinstance(url, str) or not url.strip():
+        raise SteplawInputError(f"the storage URL is empty or not text: {url!r}")
+    if "://" not in url:
+        raise _refuse(
+            url,
+            "not a URL (expected sqlite:///file.db, postgresql://user@host/db or :memory:)",
+        )
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise _refuse(
+            url,
+            "malformed URL (expected sqlite:///file.db, postgresql://user@host/db or :memory:)",
+        ) from None
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise _refuse(url, f"unknown database kind {parsed.drivername!r}") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise _refuse(
+            url, f"the driver for {parsed.drivername!r} is not installed ({_first_line(exc)})"
+        ) from None
+    return parsed
+
+
+def _sqlite_file(url: str, parsed: Any) -> Path | None:
+    """The database file of an SQLite URL (``None`` for an in-memory or ``file:`` URI)."""
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def check_sqlite_file(url: str, path: Path, *, create: bool) -> None:
+    """Refuse, in one line and without touching it, an SQLite storage path that is a folder,
+    not an SQLite file, corrupted, someone else's database, or (``create``) a new file in a
+    folder that is missing or read-only."""
+    label = str(path)
+    if path.is_dir():
+        raise _refuse(url, f"{label!r} is a folder, not a database file")
+    if not path.exists():
+        if not create:
+            raise SteplawInputError(f"no such study database: {mask_url(url)!r}")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise _refuse(url, f"folder {str(parent)!r} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise _refuse(url, f"folder {str(parent)!r} is read-only: cannot create {label!r}")
+        return
+    if not path.is_file():
+        raise _refuse(url, f"{label!r} is not a regular file")
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+        size = path.stat().st_size
+    except OSError as exc:
+        raise _refuse(url, f"cannot read {label!r}: {exc.strerror}") from None
+    if size == 0:
+        return  # SQLite treats an empty file as a new database
+    if head != SQLITE_HEADER:
+        raise _refuse(url, f"{label!r} is not an SQLite database")
+    try:
+        # Read-only, so a damaged or foreign file is not changed by looking at it.
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            tables = {r[0] for r in con.execute("select name from sqlite_master")}
+            if size <= QUICK_CHECK_MAX_BYTES:
+                verdict = con.execute("pragma quick_check").fetchone()
+                if verdict is None or verdict[0] != "ok":
+                    raise _refuse(url, f"{label!r} is corrupted (SQLite: {verdict and verdict[0]})")
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc):
+            return  # another process is writing it: Optuna waits for the lock
+        raise _refuse(url, f"{label!r} is corrupted or not a database ({exc})") from None
+    if tables and not (tables & _OPTUNA_TABLES):
+        shown = ", ".join(sorted(tables)[:5])
+        raise _refuse(
+            url, f"{label!r} is another program's SQLite database (tables: {shown}), not a study"
+        )
+
+
+def _engine_kwargs(parsed: Any) -> dict[str, Any]:
+    """Connection settings that keep a server that does not answer from hanging the command:
+    libpq (psycopg 2 and 3) waits :data:`CONNECT_TIMEOUT` seconds, unless the URL says."""
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}}
+    return {}
+
+
+def _forget_new_file(path: Path | None, existed: bool) -> None:
+    """Remove an SQLite file (and its journals) that this process created for a storage that
+    then failed: exit 2 leaves no stray database behind."""
+    if path is None or existed:
+        return
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            Path(f"{path}{suffix}").unlink()
 
 
 def make_storage(optuna: Any, url: str, heartbeat_interval: int | None) -> Any:
-    """An Optuna storage for ``url``; SQL URLs with heartbeats get the retry callback, so a
-    trial whose worker died is failed and re-queued (same parameters and user attributes)."""
+    """An Optuna storage for ``url``, checked and opened now, so every way a URL can be wrong
+    (malformed, unknown kind, missing driver, a folder or a non-SQLite file, a corrupted file,
+    a read-only folder, a full disk, a refused or silent server) is one line naming it, with
+    its password masked, within :data:`CONNECT_TIMEOUT` seconds, and leaves no new file
+    behind. SQL URLs with heartbeats get the retry callback, so a trial whose worker died is
+    failed and re-queued (same parameters and user attributes)."""
     if url == ":memory:":  # an in-memory study (benchmarks, tests)
         return optuna.storages.InMemoryStorage()
-    if heartbeat_interval is None or "://" not in url or url.startswith("journal"):
+    if isinstance(url, str) and url.startswith("journal"):
         return url
-    interval = int(heartbeat_interval)
+    parsed = storage_url(url)
+    path = _sqlite_file(url, parsed) if parsed.get_backend_name() == "sqlite" else None
+    existed = path is not None and path.exists()
+    if path is not None:
+        check_sqlite_file(url, path, create=True)
+    kwargs: dict[str, Any] = {"engine_kwargs": _engine_kwargs(parsed)}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # heartbeats are "experimental" in Optuna 5
-            return optuna.storages.RDBStorage(
-                url,
-                heartbeat_interval=interval,
-                grace_period=2 * interval,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=None
-                ),
-            )
-    except (ValueError, ImportError) as exc:
-        raise SteplawInputError(f"cannot open storage {mask_url(url)!r}: {exc}") from None
-    except Exception as exc:  # sqlalchemy: bad path, refused connection
-        raise SteplawInputError(
-            f"cannot open storage {mask_url(url)!r}: {_first_line(exc)}"
-        ) from None
+            if heartbeat_interval is not None:
+                interval = int(heartbeat_interval)
+                kwargs.update(
+                    heartbeat_interval=interval,
+                    grace_period=2 * interval,
+                    heartbeat_stale_trial_callback=(
+                        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
+                    ),
+                )
+            storage = optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as exc:  # sqlalchemy / the driver: refused connection, disk full, …
+        _forget_new_file(path, existed)
+        raise _refuse(url, _first_line(exc, url)) from None
+    if path is not None and not existed:
+        _NEW_FILES[storage] = path
+    return storage
 
 
 def open_study(
@@ -80,14 +224,19 @@ def open_study(
     config: dict[str, Any] | None = None,
 ) -> Any:
     """Create the study ``name``, or resume it when its target, law and batch unit match;
-    a new study records them, the budget and ``config`` (what workers rebuild it from)."""
+    a new study records them, the budget and ``config`` (what workers rebuild it from).
+
+    Whatever stops it here — a refusal, a full disk, a database gone mid-way — is one line,
+    and leaves neither the empty study it made nor the database file it created."""
     if storage == ":memory:":  # an in-memory study (benchmarks, tests)
         storage = optuna.storages.InMemoryStorage()
-    label = (
-        mask_url(storage)
-        if isinstance(storage, str)
-        else mask_url(getattr(storage, "url", "in-memory"))
-    )
+    elif isinstance(storage, str):
+        storage = make_storage(optuna, storage, None)  # checked: one line for a bad URL
+    backend = getattr(storage, "_backend", storage)
+    url = str(getattr(backend, "url", "in-memory"))
+    label = mask_url(url)
+    study = None
+    fresh = False  # the study holds nothing of steplaw-opt's yet: made (or left empty) here
     try:
         study = optuna.create_study(
             storage=storage,
@@ -96,30 +245,55 @@ def open_study(
             direction="minimize",
             load_if_exists=True,
         )
-    except (ValueError, ImportError) as exc:
-        raise SteplawInputError(f"cannot open storage {label!r}: {exc}") from None
-    attrs = study.user_attrs
-    wanted = {
-        "steplaw.target.N": float(target.N or 0),
-        "steplaw.target.D": float(target.D or 0),
-        "steplaw.target.seq_len": int(target.seq_len),
-        ATTR_LAW: law.name,
-        ATTR_BATCH_UNIT: batch_unit,
-    }
-    if any(k in attrs for k in wanted):
-        for key, value in wanted.items():
-            if key in attrs and attrs[key] != value:
-                raise SteplawInputError(
-                    f"study {name!r} in {label} was made with {key}={attrs[key]!r}, "
-                    f"not {value!r}; pass another --study-name"
-                )
-    else:
-        for key, value in wanted.items():
-            study.set_user_attr(key, value)
-        study.set_user_attr(ATTR_BUDGET, float(budget))
-    if config is not None and ATTR_CONFIG not in attrs:
-        study.set_user_attr(ATTR_CONFIG, json.dumps(config, default=float))
+        attrs = study.user_attrs
+        wanted = {
+            "steplaw.target.N": float(target.N or 0),
+            "steplaw.target.D": float(target.D or 0),
+            "steplaw.target.seq_len": int(target.seq_len),
+            ATTR_LAW: law.name,
+            ATTR_BATCH_UNIT: batch_unit,
+        }
+        if any(k in attrs for k in wanted):
+            for key, value in wanted.items():
+                if key in attrs and attrs[key] != value:
+                    raise SteplawInputError(
+                        f"study {name!r} in {label} was made with {key}={attrs[key]!r}, "
+                        f"not {value!r}; pass another --study-name"
+                    )
+        else:
+            fresh = not study.get_trials(deepcopy=False)
+            for key, value in wanted.items():
+                study.set_user_attr(key, value)
+            study.set_user_attr(ATTR_BUDGET, float(budget))
+        if config is not None and ATTR_CONFIG not in attrs:
+            study.set_user_attr(ATTR_CONFIG, json.dumps(config, default=float))
+    except BaseException as exc:
+        _undo(optuna, storage, backend, name, study is None or fresh)
+        if isinstance(exc, SteplawInputError) or not isinstance(exc, Exception):
+            raise
+        raise SteplawInputError(f"cannot open storage {label!r}: {_first_line(exc, url)}") from None
+    _NEW_FILES.pop(backend, None)  # made and recorded: it is the user's study now
     return study
+
+
+def _undo(optuna: Any, storage: Any, backend: Any, name: str, fresh: bool) -> None:
+    """After a failed open: remove the database file this process created, or else the empty
+    study it made (never a study that holds anything)."""
+    path = _NEW_FILES.pop(backend, None)
+    if path is not None:
+        with contextlib.suppress(Exception):
+            backend.engine.dispose()  # close the file before removing it
+        _forget_new_file(path, existed=False)
+        return
+    if not fresh:
+        return
+    with contextlib.suppress(Exception):  # the storage may be what failed: nothing to undo
+        study = optuna.load_study(study_name=name, storage=storage)
+        attrs = study.user_attrs
+        if not study.get_trials(deepcopy=False) and not any(
+            k.startswith("steplaw.target") for k in attrs
+        ):
+            optuna.delete_study(study_name=name, storage=storage)
 
 
 def load_tuned_study(study_name: str, storage: str, law: str | Law | None = None) -> Any:
@@ -131,24 +305,33 @@ def load_tuned_study(study_name: str, storage: str, law: str | Law | None = None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if storage == ":memory:":
         raise SteplawInputError("an in-memory study cannot be read back; give its --storage")
-    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).exists():
-        raise SteplawInputError(f"no such study database: {storage!r}")
+    storage_obj = open_existing_storage(optuna, storage)
     try:
-        names = optuna.study.get_all_study_names(storage=storage)
-    except (ValueError, ImportError, RuntimeError) as exc:
-        raise SteplawInputError(f"cannot open storage {mask_url(storage)!r}: {exc}") from None
-    except Exception as exc:  # sqlalchemy: bad path, refused connection
-        raise SteplawInputError(
-            f"cannot open storage {mask_url(storage)!r}: {_first_line(exc)}"
-        ) from None
+        names = optuna.study.get_all_study_names(storage=storage_obj)
+    except Exception as exc:  # sqlalchemy: a database gone between the check and the read
+        raise _refuse(storage, _first_line(exc, storage)) from None
     if study_name not in names:
         known = ", ".join(names[:5]) or "none"
         raise SteplawInputError(
             f"no study {study_name!r} in {mask_url(storage)} (studies there: {known})"
         )
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    study = optuna.load_study(study_name=study_name, storage=storage_obj)
     study.sampler = sampler_from_study(study, law)
     return study
+
+
+def open_existing_storage(optuna: Any, url: str) -> Any:
+    """The storage of a study that must already exist (reports, workers, ``fit --storage``):
+    like :func:`make_storage`, but a missing SQLite file is refused instead of created, so a
+    typo leaves no new database behind."""
+    if url.startswith("journal"):
+        return url
+    parsed = storage_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = _sqlite_file(url, parsed)
+        if path is not None:
+            check_sqlite_file(url, path, create=False)
+    return make_storage(optuna, url, None)
 
 
 def best_per_scale(study: Any) -> dict[tuple[float, float], float]:

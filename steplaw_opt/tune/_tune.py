@@ -11,13 +11,25 @@ The study is the whole state: its user attributes hold the target, the law, the 
 :class:`~steplaw_opt.tune.TuneConfig`; each trial's user attributes its scale (``steplaw.N``,
 ``steplaw.D``, ``steplaw.seq_len``), its slot in the plan and, for a failed run, the reason
 (``steplaw.failure``). Running the same call again resumes the study: finished runs count, runs
-interrupted by Ctrl-C are run again.
+interrupted by Ctrl-C (or lost with their process) are run again.
+
+The plan is the study's: a resume, or a second process joining, with settings that make another
+plan (budget, run cap, target runs, smaller N, the bounds, the token counts the objective
+allows) or with another objective (command, grid, corpus) is refused in one line, so every
+process runs the plan it prints.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
-from collections.abc import Callable, Sequence
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,16 +157,13 @@ def tune(
     allowed_tokens = None if allowed is None else [float(x) for x in allowed]
     setup = StudySetup.build(target, config, allowed_tokens)
     law_obj = config.law_card
-    study = open_study(
+    study = open_shared_study(
         optuna,
-        make_storage(optuna, storage_url, config.heartbeat_interval),
+        storage_url,
         study_name or default_study_name(target, law_obj),
-        setup.sampler,
-        target,
-        law_obj,
-        config.budget,
-        config.batch_unit,
+        setup,
         {**config.to_dict(), "allowed_tokens": allowed_tokens},
+        objective_identity(objective, config.objective_spec),
     )
     if create_only:
         if tracker is not None:
@@ -273,3 +282,214 @@ def write_refit_law(
     write_atomic(path, tomli_w.dumps(refined.to_dict()))
     p = refined.predict(target)
     return {"path": str(path), "lr": p.lr, "batch_tokens": p.batch_tokens}
+
+
+# ------------------------------------------------------------------ the study's own settings
+ATTR_OBJECTIVE = "steplaw.objective"  # study user attribute: what the study tunes
+# The settings that make the plan and the search space: a study runs with the ones it was made
+# with, or not at all (a resume may change the sampler, the seed, the timeout, the rounding).
+PLAN_KEYS = (
+    "budget",
+    "n_trials",
+    "target_runs",
+    "smaller_n",
+    "allowed_tokens",
+    "lr_bounds",
+    "batch_bounds",
+    "batch_multiple",
+)
+CONFIG_WAIT = 10.0  # seconds a process joining a study just created waits for its settings
+# What a database another process is creating at the same moment says (SQLite, PostgreSQL;
+# Optuna asserts its version row exists, which it does not until the creator has written it).
+_CREATION_RACE = (
+    "already exists",
+    "duplicate key",
+    "unique constraint",
+    "database is locked",
+    "assertionerror",
+)
+
+
+def objective_identity(objective: Objective, spec: dict[str, Any] | None) -> dict[str, Any]:
+    """What a study tunes, recorded at its creation: ``kind`` (command, replay, builtin,
+    callable, or python for an objective class of your own), ``what`` (for people) and ``key``
+    (compared on resume; ``None``: not compared, a Python function may be fixed and rerun)."""
+    from steplaw_opt.objectives import CallableObjective, CommandObjective, GridReplayObjective
+
+    if isinstance(objective, CommandObjective):
+        return {"kind": "command", "what": objective.template, "key": objective.template}
+    if isinstance(objective, GridReplayObjective):
+        grid = spec.get("grid") if isinstance(spec, dict) and spec.get("kind") == "replay" else None
+        digest = hashlib.sha256()
+        for s in sorted(objective.settings, key=lambda g: (g.N, g.D)):
+            digest.update(repr((s.N, s.D, s.seq_len)).encode())
+            for values in (s.lr, s.batch, s.loss):
+                digest.update(values.tobytes())
+        what = grid or f"a grid of {len(objective.settings)} settings"
+        return {"kind": "replay", "what": what, "key": digest.hexdigest()[:16]}
+    builtin = sys.modules.get("steplaw_opt.objectives._builtin")
+    if builtin is not None and isinstance(objective, builtin.BuiltinTrainerObjective):
+        corpus = str(Path(objective.corpus).resolve()) if objective.corpus else None
+        what = corpus or "the Python standard library's source"
+        return {"kind": "builtin", "what": what, "key": [corpus, objective.seed]}
+    if isinstance(objective, CallableObjective):
+        fn = objective.function
+        what = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+        return {"kind": "callable", "what": what, "key": None}
+    return {"kind": "python", "what": type(objective).__name__, "key": None}
+
+
+def _describe(identity: dict[str, Any]) -> str:
+    what = str(identity.get("what"))
+    what = what if len(what) <= 200 else what[:197] + "..."
+    return f"{identity.get('kind')} {what!r}"
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def check_settings(
+    name: str,
+    stored: dict[str, Any],
+    given: dict[str, Any],
+    theirs: Any = None,
+    mine: dict[str, Any] | None = None,
+) -> None:
+    """Refuse, in one line, a resume whose objective (``mine`` against the study's ``theirs``,
+    :func:`objective_identity`) or plan (``given`` settings against the ``stored`` ones)
+    differs from the study's."""
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        differ = mine.get("kind") != theirs.get("kind") or (
+            mine.get("key") is not None
+            and theirs.get("key") is not None
+            and not _same(mine.get("key"), theirs.get("key"))
+        )
+        if differ:
+            raise SteplawInputError(
+                f"study {name!r} tunes {_describe(theirs)}, not {_describe(mine)}; "
+                "pass another --study-name"
+            )
+    for key in PLAN_KEYS:
+        if key in stored and not _same(stored.get(key), given.get(key)):
+            raise SteplawInputError(
+                f"study {name!r} was made with {key}={stored.get(key)!r}, not "
+                f"{given.get(key)!r}, and its plan is its own: resume it with {key}="
+                f"{stored.get(key)!r} or pass another --study-name"
+            )
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str) -> Iterator[None]:
+    """An exclusive lock on an SQLite storage's folder (``flock``, no file written), so that
+    processes opening one new database at once make its tables one after the other instead
+    of racing each other; any other storage, or a folder that cannot be locked: no lock."""
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
+    folder = Path(path).parent if path and not path.startswith(":") else None
+    fd = None
+    try:
+        import fcntl
+
+        if folder is not None and folder.is_dir():
+            fd = os.open(folder, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    except (ImportError, OSError):  # Windows, a file system without locks
+        if fd is not None:
+            os.close(fd)
+        fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+def _race(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is another process creating the database's tables
+    or the study at the same moment."""
+    while exc is not None:
+        if any(s in str(exc).lower() for s in _CREATION_RACE):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+def _stored_config(study: Any) -> dict[str, Any] | None:
+    raw = study._storage.get_study_user_attrs(study._study_id).get(ATTR_CONFIG)
+    try:
+        doc = json.loads(raw) if isinstance(raw, str) else None
+    except json.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def open_shared_study(
+    optuna: Any,
+    url: str,
+    name: str,
+    setup: StudySetup,
+    doc: dict[str, Any],
+    identity: dict[str, Any],
+) -> Any:
+    """Create the study ``name`` or join it, with any number of processes doing the same at
+    once: a fresh database's tables made by two of them at once are retried, Optuna's unique
+    study name decides which one creates the study (and records its settings right after), the
+    others wait for those settings and run with them, or are refused in one line
+    (:func:`check_settings`)."""
+    from optuna.exceptions import DuplicatedStudyError
+
+    config, hb = setup.config, setup.config.heartbeat_interval
+    storage: Any = url
+    for attempt in range(6):
+        try:
+            with _creation_lock(url):  # one process at a time makes a new SQLite file's tables
+                storage = make_storage(optuna, url, hb)  # a bad URL: one line from there
+                made = optuna.create_study(storage=storage, study_name=name, direction="minimize")
+            storage = made._storage  # one engine from here on
+            # before the settings, which those joining wait for: they then see both
+            made.set_user_attr(ATTR_OBJECTIVE, identity)
+            break
+        except SteplawInputError as exc:
+            if attempt == 5 or not _race(exc):
+                raise
+            time.sleep(0.1 * (attempt + 1) + random.random() * 0.2)
+            continue
+        except DuplicatedStudyError:
+            study = optuna.load_study(study_name=name, storage=storage)
+            storage = study._storage  # one engine from here on
+            deadline = time.monotonic() + CONFIG_WAIT
+            # its creator records the settings right after creating it: wait for them
+            while _stored_config(study) is None and not study.get_trials(deepcopy=False):
+                if time.monotonic() > deadline:
+                    break  # it died in between, or the study was made by hand
+                time.sleep(0.1)
+            break
+        except Exception as exc:
+            if attempt == 5 or not _race(exc):
+                break  # open_study below reports it in one line (or raises it)
+            time.sleep(0.1 * (attempt + 1) + random.random() * 0.2)
+    study = open_study(
+        optuna,
+        storage,
+        name,
+        setup.sampler,
+        setup.target,
+        config.law_card,
+        config.budget,
+        config.batch_unit,
+        doc,  # recorded only if the study has no settings yet
+    )
+    theirs = study._storage.get_study_user_attrs(study._study_id).get(ATTR_OBJECTIVE)
+    if theirs is None:  # a study made before steplaw-opt recorded it: this one is it
+        study.set_user_attr(ATTR_OBJECTIVE, identity)
+    stored = _stored_config(study)
+    check_settings(name, stored or {}, doc, theirs, identity)
+    if stored is not None and hb is None and stored.get("heartbeat_interval"):
+        # a study made for workers: beat like them, so they see this process's trials live
+        storage = make_storage(optuna, url, int(stored["heartbeat_interval"]))
+        study = optuna.load_study(study_name=name, storage=storage, sampler=setup.sampler)
+    return study

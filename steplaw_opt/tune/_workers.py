@@ -1,19 +1,36 @@
-"""Many processes on one study: planned slots, claims, heartbeats and stale trials.
+"""Many processes on one study: planned slots, claims, owners, heartbeats, lost trials, stops.
 
 Every planned run is a slot (its index in the plan's schedule). A new trial claims the lowest
 free slot once every older running trial has claimed its own and chosen its point, so two
-workers never run one slot and the sampler sees the others' points as pending. With heartbeats
-(SQL storages) a trial whose worker died is failed by Optuna and re-queued with its slot,
-parameters and scale; the loop (:mod:`steplaw_opt.tune._loop`) runs it again.
+workers never run one slot and the sampler sees the others' points as pending. A running trial
+holds its slot, and so do a waiting one (a re-queued copy) and a finished one.
+
+A trial whose process died is *lost*. Two signs tell: its heartbeats stopped (SQL storages with
+heartbeats: Optuna fails it and re-queues a copy), or its owner — the process that records
+itself on each trial it runs (host, boot, pid namespace, pid and start time) — is gone from
+this machine (any storage, no heartbeats needed: a single ``tune`` that was SIGKILLed). Either
+way the trial is failed and a WAITING copy with its slot, parameters and scale is queued, which
+the loop (:mod:`steplaw_opt.tune._loop`) runs again. Whoever turns the trial from RUNNING to
+FAIL (one atomic update in the storage) queues the copy, so it is queued once; should two
+copies of one slot ever wait, the lower-numbered one runs and the other is pruned.
+
+Stops: :func:`stop_signals` turns SIGINT, SIGTERM and SIGHUP into :class:`Stopped` (a
+``KeyboardInterrupt``), which the loop answers by stopping the job's process group and failing
+the trial ("interrupted", with the signal); :func:`deferred_stops` holds a stop until the
+storage write in progress (a new trial and its owner, a result) is complete.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import os
 import signal
+import socket
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from steplaw_opt._records import ATTR_FAILURE, ATTR_SLOT, BATCH_PARAM, INTERRUPTED, LR_PARAM
@@ -21,22 +38,243 @@ from steplaw_opt.scale import Scale
 
 DEFAULT_HEARTBEAT = 10  # seconds, for the CLI's shared studies
 CLAIM_WAIT = 60.0  # seconds a new trial waits for older trials to claim their slot
+# A live process records itself on a trial within milliseconds of starting it; a RUNNING trial
+# still without an owner this long after its start lost its process in between (SIGKILL).
+OWNERLESS_AFTER = 30.0
+TRANSIENT_WAIT = 30.0  # seconds a storage that went away (a database restarting) is retried
+
+# Trial user attributes written here (the others are named in steplaw_opt._records).
+ATTR_OWNER = "steplaw.owner"  # the process running the trial (owner_record)
+ATTR_INTERRUPTED_BY = "steplaw.interrupted_by"  # what stopped an "interrupted" trial: SIGTERM…
+ATTR_LOST = "steplaw.lost"  # why a RUNNING trial was found dead and re-queued
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_RUNNING_HERE: set[int] = set()  # ids of the trials this process is running now
 
 
+# ------------------------------------------------------------------ stops
+class Stopped(KeyboardInterrupt):
+    """A stop asked by a signal: Ctrl-C (SIGINT), SIGTERM or SIGHUP. A ``KeyboardInterrupt``,
+    so whatever cleans up after Ctrl-C cleans up after the others too."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        self.signame = signal.Signals(signum).name
+        super().__init__(f"signal {self.signum} ({self.signame})")
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by the signal: 128 + its number."""
+        return 128 + self.signum
+
+
+def stop_reason(exc: BaseException) -> str:
+    """What stopped a run: the signal's name, or ``KeyboardInterrupt`` (raised by code)."""
+    return exc.signame if isinstance(exc, Stopped) else type(exc).__name__
+
+
+_deferring = 0  # depth of the deferred_stops blocks being run
+_pending: int | None = None  # a signal that arrived inside one
+_asked: int | None = None  # the last stop signal, until stop_signals ends
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    global _pending, _asked
+    _asked = signum
+    if _deferring and _pending is None:
+        _pending = signum  # raised as soon as the storage write in progress is complete
+        return
+    raise Stopped(signum)  # a second signal does not wait
+
+
+def check_stop() -> None:
+    """Raise the stop a signal asked for, if its exception never arrived: Python ignores an
+    exception raised in a ``__del__`` or a weakref callback, and a signal may land there. The
+    run loop and the command objective's wait call this."""
+    if _asked is not None and not _deferring:
+        raise Stopped(_asked)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """While the block runs, SIGINT, SIGTERM and SIGHUP raise :class:`Stopped` in the main
+    thread; the previous handlers come back after. A signal that is ignored (``nohup``, a
+    background job's SIGINT) stays ignored. In another thread: no change."""
+    global _asked
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {}
+    for sig in STOP_SIGNALS:
+        current = signal.getsignal(sig)
+        if current is signal.SIG_IGN or current is _on_signal:
+            continue
+        previous[sig] = signal.signal(sig, _on_signal)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        if previous:
+            _asked = None
+
+
+@contextlib.contextmanager
+def deferred_stops() -> Iterator[None]:
+    """Hold a stop signal until the block ends, so the storage writes inside it are not cut in
+    half (a trial created but not yet owned, a result half told); a second signal does not
+    wait."""
+    global _deferring, _pending
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if not _deferring and _pending is not None:
+            signum, _pending = _pending, None
+            raise Stopped(signum)
+
+
+def sigterm_as_interrupt() -> Any:
+    """Make SIGTERM take Ctrl-C's clean path (:class:`Stopped`, a ``KeyboardInterrupt``);
+    returns the previous handler. Main thread only. (:func:`~steplaw_opt.tune.tune` and
+    :func:`~steplaw_opt.tune.run_worker` install :func:`stop_signals` themselves; this is for
+    loops of your own.)"""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _on_signal)
+
+
+# ------------------------------------------------------------------ owners
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (the state first), or ``None``."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+_ME: dict[str, Any] = {}
+
+
+def this_process() -> dict[str, Any]:
+    """Who this process is, as recorded on the trials it runs: host name, boot id (a reboot
+    changes it), pid namespace (containers may share a host name, not their pids), pid and
+    start time (a reused pid belongs to a process with another start time)."""
+    if _ME.get("pid") != os.getpid():  # again after a fork
+        stat = _proc_stat(os.getpid())
+        pidns = None
+        with contextlib.suppress(OSError):
+            pidns = os.readlink("/proc/self/ns/pid")
+        _ME.clear()
+        _ME.update(
+            host=socket.gethostname(),
+            boot=_read("/proc/sys/kernel/random/boot_id"),
+            pidns=pidns,
+            pid=os.getpid(),
+            start=int(stat[19]) if stat and len(stat) > 19 else None,
+        )
+    return dict(_ME)
+
+
+def owner_record(trial_number: int) -> dict[str, Any]:
+    """What a process writes on a trial it runs (:data:`ATTR_OWNER`). The trial's number is
+    part of it: a re-queued copy carries its original's owner, which says nothing of the copy."""
+    return {**this_process(), "trial": int(trial_number)}
+
+
+def _owned(t: Any) -> bool:
+    owner = t.user_attrs.get(ATTR_OWNER)
+    return isinstance(owner, dict) and owner.get("trial") == t.number
+
+
+def owner_state(t: Any) -> str:
+    """``"alive"``, ``"dead"`` or ``"unknown"`` (no owner yet, or one this machine cannot
+    check: another host, another pid namespace) for a RUNNING trial."""
+    if not _owned(t):
+        return "unknown"
+    owner, me = t.user_attrs[ATTR_OWNER], this_process()
+    if owner.get("host") != me["host"]:
+        return "unknown"
+    if owner.get("boot") and me["boot"] and owner["boot"] != me["boot"]:
+        return "dead"  # this machine has rebooted since
+    if owner.get("pidns") != me["pidns"]:
+        return "unknown"
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        return "unknown"
+    if pid == me["pid"] and owner.get("start") == me["start"]:
+        # this process: alive while it runs the trial; a stop that left it RUNNING followed by
+        # another tune() call in the same process makes it lost
+        return "alive" if t._trial_id in _RUNNING_HERE else "dead"
+    stat = _proc_stat(pid)
+    if stat is None:
+        if os.path.isdir("/proc"):
+            return "dead"
+        try:  # no /proc (macOS): the pid alone
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return "dead"
+        except PermissionError:
+            pass
+        return "alive"
+    if stat[0] in ("Z", "X"):
+        return "dead"
+    start = owner.get("start")
+    if start is not None and len(stat) > 19 and int(stat[19]) != start:
+        return "dead"  # the pid now belongs to another process
+    return "alive"
+
+
+# ------------------------------------------------------------------ heartbeats
 class Heartbeat:
-    """Beats for one running trial in a background thread (what ``study.optimize`` does)."""
+    """Beats for one running trial in a background thread (what ``study.optimize`` does), with
+    the first beat written before the trial runs, and a storage error (a database restarting)
+    costing one beat, not the thread: a trial whose beats stop while its worker lives is failed
+    by the others and run twice."""
 
     def __init__(self, study: Any, trial_id: int) -> None:
-        from optuna.storages._heartbeat import get_heartbeat_thread
+        from optuna.storages._heartbeat import is_heartbeat_enabled
 
-        self._thread = get_heartbeat_thread(trial_id, study._storage)
+        storage = study._storage
+        self._storage = storage if is_heartbeat_enabled(storage) else None
+        self._trial_id = trial_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _beat(self) -> None:
+        assert self._storage is not None
+        with contextlib.suppress(Exception):  # the database is away: the next beat tries again
+            self._storage.record_heartbeat(self._trial_id)
+
+    def _run(self) -> None:
+        assert self._storage is not None
+        interval = float(self._storage.get_heartbeat_interval())
+        while not self._stop.wait(interval):
+            self._beat()
 
     def __enter__(self) -> Heartbeat:
-        self._thread.start()
+        if self._storage is not None:
+            self._beat()
+            self._thread = threading.Thread(
+                target=self._run, name=f"steplaw-heartbeat-{self._trial_id}", daemon=True
+            )
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._thread.join()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
 
 def ask(study: Any) -> Any:
@@ -63,6 +301,66 @@ def fail_stale(study: Any) -> None:
             optuna.storages.fail_stale_trials(study)
 
 
+def recover_lost(study: Any) -> list[int]:
+    """Fail and re-queue the study's lost trials: those whose heartbeats stopped (Optuna), those
+    whose owner process on this machine is gone, and those still without an owner
+    :data:`OWNERLESS_AFTER` seconds after they started. Returns the numbers of the trials this
+    process failed for their owner."""
+    import optuna
+
+    fail_stale(study)
+    now = datetime.datetime.now()  # Optuna stamps trials with naive local time
+    lost = []
+    for t in all_trials(study):
+        if t.state != optuna.trial.TrialState.RUNNING or t._trial_id in _RUNNING_HERE:
+            continue
+        verdict = owner_state(t)
+        if verdict == "dead":
+            owner = t.user_attrs[ATTR_OWNER]
+            why = f"its process {owner.get('pid')} on {owner.get('host')} is gone"
+        elif verdict == "unknown" and not _owned(t):
+            started = t.datetime_start
+            if started is None or (now - started).total_seconds() < OWNERLESS_AFTER:
+                continue
+            why = f"no process owned it {OWNERLESS_AFTER:g} s after its start"
+        else:
+            continue
+        if fail_and_requeue(study, t, why):
+            lost.append(t.number)
+    return lost
+
+
+def fail_and_requeue(study: Any, t: Any, why: str) -> bool:
+    """Turn the RUNNING trial ``t`` into FAIL (with no failure reason: a lost run, as after a
+    heartbeat failure; ``steplaw.lost`` says why) and queue a WAITING copy with its slot,
+    parameters and scale, as Optuna's ``RetryHeartbeatStaleTrialCallback`` does. ``False`` when
+    another process got there first (and queues the copy)."""
+    import optuna
+
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(t._trial_id, ATTR_LOST, why)
+        if not storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL):
+            return False
+    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+        return False  # finished, or failed by another process, meanwhile
+    slot = slot_of(t)
+    if (slot is not None and slot >= 0) or t.params:
+        system_attrs: dict[str, Any] = {"failed_trial": t.number, **t.system_attrs}
+        system_attrs["retry_history"] = [*system_attrs.get("retry_history", []), t.number]
+        user_attrs = {k: v for k, v in t.user_attrs.items() if k not in (ATTR_OWNER, ATTR_LOST)}
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.WAITING,
+                params=t.params,
+                distributions=t.distributions,
+                user_attrs=user_attrs,
+                system_attrs=system_attrs,
+            )
+        )
+    return True
+
+
 def all_trials(study: Any) -> list[Any]:
     """Every trial, read from the storage now (no cache: other workers write too)."""
     return list(study._storage.get_all_trials(study._study_id, deepcopy=False))
@@ -73,13 +371,26 @@ def slot_of(t: Any) -> int | None:
     return int(slot) if isinstance(slot, (int, float)) and not isinstance(slot, bool) else None
 
 
+def _final(t: Any) -> bool:
+    """A trial that settles its slot: COMPLETE, or failed for a reason of its own (diverged,
+    timeout, an exit code), not interrupted and not lost."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    failure = t.user_attrs.get(ATTR_FAILURE)
+    return t.state == state.COMPLETE or (
+        t.state == state.FAIL and failure not in (None, INTERRUPTED)
+    )
+
+
 def slots(
-    trials: Sequence[Any], schedule: Sequence[Scale], me: int | None, heartbeat: bool
+    trials: Sequence[Any], schedule: Sequence[Scale], me: int | None
 ) -> tuple[set[int], set[int], bool]:
     """(slots held by any trial but ``me``, slots held by finished trials, whether an older
     trial is still choosing its slot). A slot is held by a COMPLETE trial, a trial that failed
-    for real, a RUNNING or WAITING trial, and, with heartbeats, a trial failed because its
-    worker died (its re-queued copy holds it too). An interrupted trial frees its slot."""
+    for real, and a RUNNING or WAITING trial (lost RUNNING trials are failed first, by
+    :func:`recover_lost`). An interrupted trial frees its slot; a lost one leaves it to its
+    re-queued copy."""
     import optuna
 
     state = optuna.trial.TrialState
@@ -91,11 +402,9 @@ def slots(
     for t in trials:
         if t.number == me:
             continue
-        slot, failure = slot_of(t), t.user_attrs.get(ATTR_FAILURE)
-        real_fail = t.state == state.FAIL and failure not in (None, INTERRUPTED)
-        finished = t.state == state.COMPLETE or real_fail
-        dead = t.state == state.FAIL and failure is None and heartbeat
-        live = t.state == state.WAITING or (t.state == state.RUNNING and heartbeat)
+        slot = slot_of(t)
+        finished = _final(t)
+        live = t.state in (state.WAITING, state.RUNNING)
         choosing = slot is None or LR_PARAM not in t.params or BATCH_PARAM not in t.params
         if t.state == state.RUNNING and me is not None and t.number < me and choosing:
             # an older trial still choosing its slot and point: wait, so the sampler sees it
@@ -108,7 +417,7 @@ def slots(
             continue
         if slot < 0:
             continue
-        if finished or dead or live:
+        if finished or live:
             held.add(slot)
         if finished:
             final.add(slot)
@@ -121,28 +430,79 @@ def slots(
     return held, final, pending
 
 
+def transient_storage_error(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or its cause) is a storage that went away for a moment: a database
+    restarting or a connection dropped (PostgreSQL), a file locked by another process
+    (SQLite)."""
+    import sqlalchemy.exc as sa
+    from optuna.exceptions import StorageInternalError
+
+    kinds = (StorageInternalError, sa.OperationalError, sa.InterfaceError, sa.DisconnectionError)
+    while exc is not None:
+        if isinstance(exc, kinds):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def retry_storage(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, tried again for up to :data:`TRANSIENT_WAIT` seconds while the storage is
+    away (:func:`transient_storage_error`); other errors, and a storage away longer, are raised."""
+    deadline, delay = time.monotonic() + TRANSIENT_WAIT, 0.25
+    while True:
+        try:
+            return fn(*args)
+        except Exception as exc:
+            if not transient_storage_error(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(2 * delay, 4.0)
+
+
 def claim_slot(study: Any, trial: Any, schedule: Sequence[Scale]) -> int | None:
     """The planned slot this new trial runs: the lowest one free once every older running trial
     has claimed its own and chosen its point (so two workers never take the same slot, and the
     sampler sees the other workers' points as pending), or ``None``."""
-    heartbeat = heartbeat_on(study)
     deadline = time.monotonic() + CLAIM_WAIT
+    checked = time.monotonic()
     while True:
-        held, _, pending = slots(all_trials(study), schedule, trial.number, heartbeat)
+        held, _, pending = slots(retry_storage(all_trials, study), schedule, trial.number)
         if not pending or time.monotonic() > deadline:
             break
         time.sleep(0.05)
+        if time.monotonic() - checked > 1.0:  # the older trial's process may have died
+            retry_storage(recover_lost, study)
+            checked = time.monotonic()
     free = [i for i in range(len(schedule)) if i not in held]
     return free[0] if free else None
 
 
-def sigterm_as_interrupt() -> Any:
-    """Make SIGTERM take Ctrl-C's clean path (the running trial is failed "interrupted", its
-    MLflow run KILLED); returns the previous handler. Main thread only."""
+def slot_taken(trials: Sequence[Any], me: Any, slot: int) -> bool:
+    """Whether another trial makes ``me`` redundant for ``slot``: a finished run of it, or a
+    lower-numbered trial waiting or running for it (two copies of one lost trial, queued by two
+    processes in a race: the older one runs)."""
+    import optuna
 
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+    state = optuna.trial.TrialState
+    for t in trials:
+        if t.number == me.number or slot_of(t) != slot:
+            continue
+        if _final(t):
+            return True
+        if t.state in (state.RUNNING, state.WAITING) and t.number < me.number:
+            return True
+    return False
 
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, handler)
+
+def others_alive(trials: Sequence[Any]) -> bool:
+    """Whether a trial this process does not run is RUNNING in a process this machine sees
+    alive. A study without heartbeats waits for those; it could never learn of the death of a
+    process on another machine, so it does not wait for those."""
+    import optuna
+
+    return any(
+        t.state == optuna.trial.TrialState.RUNNING
+        and t._trial_id not in _RUNNING_HERE
+        and owner_state(t) == "alive"
+        for t in trials
+    )
