@@ -25,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -905,19 +903,12 @@ MLFLOW_READ_ENV = {
 }
 
 
-@contextlib.contextmanager
-def mlflow_read_limits() -> Iterator[None]:
+def mlflow_read_limits() -> contextlib.AbstractContextManager[None]:
     """Low retries and timeouts for MLflow's HTTP client while reading (``fit``, ``report``):
     an unreachable tracking server is one line within about 15 s."""
-    saved = {k: os.environ.get(k) for k in MLFLOW_READ_ENV}
-    for key, value in MLFLOW_READ_ENV.items():
-        os.environ.setdefault(key, value)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
+    from steplaw_opt._env import env_defaults
+
+    return env_defaults(MLFLOW_READ_ENV)
 
 
 def check_mlflow_store(uri: str) -> None:

@@ -25,15 +25,15 @@ from __future__ import annotations
 import contextlib
 import datetime
 import math
-import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from steplaw_opt._env import env_defaults
 from steplaw_opt._records import (
     ATTR_BELIEF,
     ATTR_FAILURE,
@@ -95,17 +95,8 @@ def storage_label(study: Any) -> str:
     return mask_url(str(url)) if url else "in-memory"
 
 
-@contextlib.contextmanager
-def _http_env() -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in HTTP_ENV}
-    for key, value in HTTP_ENV.items():
-        os.environ.setdefault(key, value)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
+def _http_env() -> contextlib.AbstractContextManager[None]:
+    return env_defaults(HTTP_ENV)
 
 
 def _ms(moment: Any) -> int | None:
