@@ -7,9 +7,11 @@ import the names from here, so none of them needs to import the others.
 
 Study user attributes: the target (``steplaw.target.N``/``.D``/``.seq_len``), the law card
 (``steplaw.law``), the batch unit, the budget and the settings a worker rebuilds the study from
-(``steplaw.config``, JSON). Trial user attributes: the scale the run was made at (``steplaw.N``,
-``steplaw.D``, ``steplaw.seq_len``; the target when absent), its place in the plan
-(``steplaw.slot``), its compute in target-run equivalents and, for a failed run, the reason.
+(``steplaw.config``, JSON) and what it tunes (``steplaw.objective``). Trial user attributes: the
+scale the run was made at (``steplaw.N``, ``steplaw.D``, ``steplaw.seq_len``; the target when
+absent), its place in the plan (``steplaw.slot``), its compute in target-run equivalents, for a
+failed run the reason, and the process running it (``steplaw.owner``), what stopped it
+(``steplaw.interrupted_by``) or why it was found lost (``steplaw.lost``).
 Trial system attributes (written by the samplers): what the sampler believed when it proposed
 the trial.
 """
@@ -33,6 +35,7 @@ ATTR_LAW = "steplaw.law"
 ATTR_BATCH_UNIT = "steplaw.batch_unit"
 ATTR_BUDGET = "steplaw.budget"
 ATTR_CONFIG = "steplaw.config"  # everything a worker needs to join the study (JSON)
+ATTR_OBJECTIVE = "steplaw.objective"  # what the study tunes (kind, description, key)
 
 # Trial user attributes.
 SCALE_ATTRS = {"N": "steplaw.N", "D": "steplaw.D", "seq_len": "steplaw.seq_len"}
@@ -42,6 +45,10 @@ ATTR_SLOT = "steplaw.slot"  # the trial's place in the plan (-1: none was left)
 NOTE_PREFIX = "steplaw.note."  # what an objective noted about its run (grid point, …)
 INTERRUPTED = "interrupted"  # the failure reason of a run stopped by Ctrl-C / SIGTERM
 NO_SLOT = "no slot left"
+# Written by the many-process machinery (steplaw_opt.tune._workers):
+ATTR_OWNER = "steplaw.owner"  # the process running the trial (host, boot, pid, start, trial)
+ATTR_INTERRUPTED_BY = "steplaw.interrupted_by"  # what stopped an "interrupted" trial: SIGTERM…
+ATTR_LOST = "steplaw.lost"  # why a RUNNING trial was found dead and re-queued
 
 # Trial system attributes the samplers write: what they believed when they proposed the trial.
 ATTR_PROPOSAL = "steplaw:proposal"

@@ -37,6 +37,8 @@ from steplaw_opt._env import env_defaults
 from steplaw_opt._records import (
     ATTR_BELIEF,
     ATTR_FAILURE,
+    ATTR_INTERRUPTED_BY,
+    ATTR_LOST,
     INTERRUPTED,
     mask_url,
     trials_table,
@@ -63,6 +65,10 @@ ATTR_EXPERIMENT_ID = "steplaw.mlflow.experiment_id"
 TAG_TRIAL = "steplaw.trial_number"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"
+# The parent run's outcome: "refined" (a refined optimum from finished trials) or NO_RESULT
+# (no trial finished: the law's point is not a result, and no refined.* value is logged).
+TAG_OUTCOME = "steplaw.outcome"
+NO_RESULT = "no trial finished"
 # While the tracker talks to MLflow (and the user has not said otherwise): a dead server costs
 # about a second per trial instead of MLflow's default of minutes of retries.
 HTTP_ENV = {
@@ -131,6 +137,24 @@ def refined_metrics(refined: Any) -> dict[str, float]:
     return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
+def finished_trials(trials: Any) -> int:
+    """How many trials finished with a loss (COMPLETE and finite): a refined optimum needs one."""
+    return sum(
+        t.state.name == "COMPLETE" and t.value is not None and math.isfinite(t.value)
+        for t in trials
+    )
+
+
+def _no_result_note(study_name: str, n_failed: int) -> str:
+    """The parent run's description when no trial finished: no optimum to train with."""
+    return (
+        f"**No trial finished**: {n_failed} run(s) failed and none returned a loss, so there is "
+        "**no refined optimum** (the law's point is a prior, not a result). The failure reasons "
+        "are on the nested runs (tag `steplaw.failure`); fix the job and run the same command "
+        f"again to resume.\n\nStudy `{study_name}`, recorded by steplaw-opt."
+    )
+
+
 def _note(study_name: str, refined: Any, n_done: int) -> str:
     """The parent run's description (MLflow shows it on the run page): what to train with."""
     r = refined
@@ -145,6 +169,39 @@ def _note(study_name: str, refined: Any, n_done: int) -> str:
         f"{r.law_batch_tokens:,.0f} tokens.\n\nStudy `{study_name}`, {n_done} trials recorded "
         "by steplaw-opt."
     )
+
+
+def _new_local_store(uri: str) -> Any:
+    """For an SQLite tracking URI whose file does not exist yet: the file, created now (empty,
+    ``O_EXCL``) so that this process knows it made it (:class:`~steplaw_opt._files.NewFile`);
+    ``None`` otherwise (a server, an existing store, a file another process made first)."""
+    if not uri.lower().startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    from steplaw_opt._files import create_new_file
+
+    try:
+        database = make_url(uri).database
+    except Exception:
+        return None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    path = Path(database)
+    if path.exists() or not path.parent.is_dir():
+        return None
+    try:
+        return create_new_file(path)
+    except OSError:  # a read-only folder: MLflow says so itself
+        return None
+
+
+def _remove_store(new: Any) -> None:
+    """Remove an MLflow SQLite store this process created and MLflow then failed to set up,
+    with its journals, unless another process has opened it meanwhile."""
+    from steplaw_opt._files import remove_new_file
+
+    remove_new_file(new, ("", "-journal", "-wal", "-shm"))
 
 
 # ------------------------------------------------------------------------------- tracker
@@ -270,9 +327,12 @@ class MlflowTracker:
         levels = [lg.level for lg in quiet]
         for lg in quiet:
             lg.setLevel(logging.WARNING)
+        new = _new_local_store(self.tracking_uri)
         try:
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         except Exception as exc:
+            if new is not None:  # a full disk, say: no half-made mlflow.db is left behind
+                _remove_store(new)
             raise SteplawInputError(
                 f"MLflow cannot use the tracking URI {mask_url(self.tracking_uri)!r}: {_short(exc)}"
             ) from None
@@ -335,10 +395,12 @@ class MlflowTracker:
         if not self.enabled or self._study is None:
             return
         refined = getattr(result, "refined", None)
+        if getattr(result, "n_complete", None) == 0:
+            refined = None  # the law's point, not a result: _update_parent says so
         last = not self._others_running()
         self._closing = last  # the last worker ends the runs their workers left RUNNING
         ok = self._guard("record the finished trials", self._sync, refined) is not None
-        if ok and self.plots and last:
+        if ok and self.plots and last and self._has_result():
             self._guard("log the plots", self._log_plots, refined)
         if self._run_id is not None and last:
             self._guard("end the parent run", self._terminate, self._run_id, "FINISHED")
@@ -362,6 +424,14 @@ class MlflowTracker:
         if self._run_id is not None and not self._others_running():
             reason = f"{type(exc).__name__}: {_short(exc)}"
             self._guard("end the parent run", self._end_parent, status, reason)
+
+    def _has_result(self) -> bool:
+        """Whether a trial of the study finished with a loss (else there is nothing to plot
+        and no refined optimum)."""
+        try:
+            return finished_trials(self._study.get_trials(deepcopy=False)) > 0
+        except Exception:
+            return False
 
     def _others_running(self) -> bool:
         """Many workers: does a trial not run by this process still run (or wait)? Then the
@@ -563,11 +633,11 @@ class MlflowTracker:
             "optuna.storage": self._context.get("storage") or storage_label(self._study),
             "optuna.trial_id": str(trial._trial_id),
         }
-        failure = trial.user_attrs.get("steplaw.failure")
-        lost = trial.user_attrs.get("steplaw.lost")  # its process was found gone (tune._workers)
+        failure = trial.user_attrs.get(ATTR_FAILURE)
+        lost = trial.user_attrs.get(ATTR_LOST)  # its process was found gone (tune._workers)
         if failure:
             tags["steplaw.failure"] = str(failure)[:5000]
-            stopped_by = trial.user_attrs.get("steplaw.interrupted_by")
+            stopped_by = trial.user_attrs.get(ATTR_INTERRUPTED_BY)
             if stopped_by:
                 tags["steplaw.interrupted_by"] = str(stopped_by)[:200]
         elif state == "FAIL" and lost:
@@ -694,17 +764,31 @@ class MlflowTracker:
         }
         values.update(self._trust_metrics(trials))
         tags: dict[str, str] = {}
-        if refined is None:
-            refined = self._refined()
-        if refined is not None:
-            values.update(refined_metrics(refined))
-            tags = {k: f"{v:.6g}" for k, v in refined_metrics(refined).items()}
-            tags[TAG_NOTE] = _note(study.study_name, refined, step)
+        if finished_trials(trials) == 0:
+            # Nothing measured: the "refined optimum" would be the law's point dressed up as a
+            # result. Say so plainly, and log no refined.* value (remove any logged before).
+            note = _no_result_note(study.study_name, int(values["n_failed"]))
+            tags = {TAG_OUTCOME: NO_RESULT, TAG_NOTE: note}
+            self._drop_refined_tags()
+        else:
+            if refined is None:
+                refined = self._refined()
+            if refined is not None:
+                values.update(refined_metrics(refined))
+                tags = {k: f"{v:.6g}" for k, v in refined_metrics(refined).items()}
+                tags[TAG_NOTE] = _note(study.study_name, refined, step)
+                tags[TAG_OUTCOME] = "refined"
         metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
         self._client.log_batch(
             self._run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()]
         )
         self._log_table()
+
+    def _drop_refined_tags(self) -> None:
+        """Remove ``refined.*`` tags an earlier version logged for a study with no result."""
+        tags = self._client.get_run(self._run_id).data.tags
+        for key in [k for k in tags if k.startswith("refined.")]:
+            self._client.delete_tag(self._run_id, key)
 
     def _trust_metrics(self, trials: list[Any]) -> dict[str, float]:
         """The trust region the sampler used for its latest proposal (system attributes)."""

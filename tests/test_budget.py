@@ -274,3 +274,42 @@ def test_two_queued_copies_of_one_slot_run_it_once(tmp_path: Path) -> None:
     assert [t.state.name for t in trials[:2]] == ["COMPLETE", "PRUNED"]
     assert calls.count((params["lr"], params["batch_size"])) == 1
     check_once_within_budget(load(url, "q"), len(setup.schedule))
+
+
+# ------------------------------------------------------------------ what a cut run spent
+def test_a_run_cut_short_counts_the_compute_it_recorded_using(tmp_path: Path) -> None:
+    """A run that stops early (it diverged at a quarter of its tokens, as the built-in trainer
+    records) counts a quarter of its cost; a run that records nothing counts in full."""
+    from steplaw_opt.objectives import Objective, RunContext, TrialFailed
+    from steplaw_opt.tune._study import compute_spent
+
+    class CutShort(Objective):
+        name = "cut-short"
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def run(self, lr: float, batch_size: float, scale: Scale, context: RunContext) -> float:
+            self.calls += 1
+            if self.calls == 1:  # stopped at a quarter of its tokens, and says so
+                context.notes["tokens"] = float(scale.D or 0) / 4
+                raise TrialFailed("diverged")
+            if self.calls == 2:  # failed without saying how far it got
+                raise TrialFailed("exit code 1")
+            context.notes["tokens"] = float(scale.D or 0)
+            return 3.0 + math.log(lr / 1e-3) ** 2
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    result = tune(Scale(N=1e8, D=2e9), CutShort(), n_trials=4, storage=url, study_name="cut")
+    assert result is not None
+    costs = [s.cost for s in result.plan.stages for _ in range(s.runs)]
+    trials = optuna.load_study(study_name="cut", storage=url).trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]
+    slot = [t.user_attrs["steplaw.slot"] for t in trials]
+    assert trials[0].user_attrs["steplaw.compute"] == pytest.approx(costs[slot[0]] / 4)
+    assert trials[0].user_attrs["steplaw.note.tokens"] > 0  # a failed run's notes are kept
+    assert trials[1].user_attrs["steplaw.compute"] == pytest.approx(costs[slot[1]])
+    expected = sum(costs) - 0.75 * costs[slot[0]]
+    study = optuna.load_study(study_name="cut", storage=url)
+    assert compute_spent(study) == pytest.approx(expected)
+    assert result.compute_spent == pytest.approx(expected) and expected < result.plan.compute

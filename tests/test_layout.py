@@ -196,3 +196,46 @@ def test_every_exported_name_exists_and_is_in_the_api_page(package: str) -> None
     for name in module.__all__:
         assert hasattr(module, name), f"{package}.__all__ names {name}, which does not exist"
         assert f"`{name}`" in text, f"docs/api.md does not list {package}.{name}"
+
+
+def test_study_and_trial_attribute_names_live_in_records() -> None:
+    """Every ``steplaw.*`` study or trial attribute name the tuning workflow defines is named
+    in :mod:`steplaw_opt._records` (beside the others), not in the module that writes it."""
+    strays = []
+    for path in sorted((ROOT / "steplaw_opt" / "tune").glob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if not isinstance(node, ast.Assign) or not isinstance(node.value, ast.Constant):
+                continue
+            names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            value = node.value.value
+            if isinstance(value, str) and value.startswith("steplaw.") and names:
+                strays.append(f"{path.name}: {names[0]} = {value!r}")
+    assert strays == [], strays
+    from steplaw_opt import _records
+    from steplaw_opt.tune import _workers
+
+    for name in ("ATTR_OWNER", "ATTR_LOST"):
+        assert getattr(_workers, name) is getattr(_records, name)
+    assert _records.ATTR_INTERRUPTED_BY == "steplaw.interrupted_by"
+    assert _records.ATTR_OBJECTIVE == "steplaw.objective"
+
+
+def test_the_readme_gives_the_quoting_rules_and_a_plain_postgresql_example() -> None:
+    """The README's first lines stay the two commands; it has a short section on quoting a
+    command template and a storage URL with a plain ``postgresql://`` example, and
+    docs/security.md says the same."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = readme.splitlines()
+    fence = lines.index("```bash")
+    assert lines[fence + 1].startswith("python3 -m venv .venv && . .venv/bin/activate")
+    assert lines[fence + 2] == ". .venv/bin/activate && ruff check . && python -m pytest"
+    assert lines[fence + 3] == "```"
+    heading = next((x for x in lines if x.startswith("#") and "quoting rules" in x), None)
+    assert heading is not None, "README has no section on quoting rules"
+    section = readme.split(heading, 1)[1].split("\n## ", 1)[0]
+    assert "{metrics_file}" in section and "'{metrics_file}'" in section
+    assert "{{" in section and "}}" in section  # literal braces
+    assert re.search(r"--storage postgresql://\w", section), "no plain postgresql:// example"
+    security = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
+    assert "quoting rules" in security and "postgresql://user@host/db" in security
+    assert "postgresql+psycopg2://" not in readme.split("## Many workers", 1)[1].split("\n## ")[0]

@@ -14,6 +14,7 @@ import os
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -193,6 +194,122 @@ def test_a_full_disk_is_one_line_and_leaves_no_database(tmp_path, mlflow):
         assert list(folder.iterdir()) == [], list(folder.iterdir())
 
 
+@pytest.mark.parametrize("storage", ["new-file", "existing-file", "in-memory"])
+def test_a_full_output_folder_with_the_storage_elsewhere_leaves_nothing(tmp_path, storage):
+    """The study database lives elsewhere, the working folder (where MLflow puts mlflow.db) is
+    full: one line, no half-made mlflow.db, and neither the study nor the database file this
+    run made is left (a database that was there keeps what it held, and only that)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    url = {"new-file": f"sqlite:///{elsewhere / 's.db'}", "existing-file": _existing(elsewhere),
+           "in-memory": ":memory:"}[storage]  # fmt: skip
+    before = sorted(p.name for p in elsewhere.iterdir())
+    with tmpfs(tmp_path / "full", "size=64k") as folder:
+        r = run_cli(*REPLAY, "--storage", url, "--n-trials", "3", cwd=folder)
+        line = one_line_exit_2(r)
+        assert "full" in line and "mlflow" in line.lower(), line
+        assert list(folder.iterdir()) == [], list(folder.iterdir())
+    assert sorted(p.name for p in elsewhere.iterdir()) == before
+    if storage == "existing-file":
+        import optuna
+
+        assert optuna.get_all_study_names(url) == ["theirs"]
+
+
+def _existing(d: Path) -> str:
+    import optuna
+
+    url = f"sqlite:///{d / 'shared.db'}"
+    optuna.create_study(study_name="theirs", storage=url).enqueue_trial({"x": 1})
+    return url
+
+
+# ------------------------------------------------------------------------------- races
+def _refuse_init(monkeypatch, before=None) -> None:
+    """Make Optuna's RDBStorage fail to set up its database (as a full disk would), after
+    running ``before`` (what another process does meanwhile)."""
+    import optuna
+    import sqlalchemy.exc
+
+    def refused(self, *args, **kwargs):
+        if before is not None:
+            before()
+        raise sqlalchemy.exc.OperationalError("PRAGMA", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "__init__", refused)
+
+
+def test_a_new_database_whose_setup_fails_is_removed(tmp_path, monkeypatch):
+    import optuna
+
+    from steplaw_opt.errors import SteplawInputError
+    from steplaw_opt.tune._study import make_storage
+
+    _refuse_init(monkeypatch)
+    with pytest.raises(SteplawInputError, match="disk I/O error"):
+        make_storage(optuna, f"sqlite:///{tmp_path / 's.db'}", None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_database_another_process_created_meanwhile_is_not_removed(tmp_path, monkeypatch):
+    """Another process (not holding the folder lock: a worker elsewhere, a script) creates the
+    database between this process's look and its own creation; this one then fails: the other
+    process's database stays."""
+    import optuna
+
+    from steplaw_opt.errors import SteplawInputError
+    from steplaw_opt.tune import _study
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    real = _study.check_sqlite_file
+    theirs = f"import optuna; optuna.create_study(study_name='theirs', storage={url!r})"
+
+    def look_then_race(u, path, *, create):
+        real(u, path, create=create)
+        subprocess.run([sys.executable, "-c", theirs], check=True, timeout=60)
+
+    monkeypatch.setattr(_study, "check_sqlite_file", look_then_race)
+    _refuse_init(monkeypatch)
+    with pytest.raises(SteplawInputError, match="disk I/O error"):
+        _study.make_storage(optuna, url, None)
+    monkeypatch.undo()
+    assert optuna.get_all_study_names(url) == ["theirs"]
+
+
+def test_a_new_database_another_process_opened_is_not_removed(tmp_path, monkeypatch):
+    """This process created the file; while it sets it up, another process opens it and
+    writes; this one then fails: the file is the other's too and stays."""
+    import optuna
+
+    from steplaw_opt.errors import SteplawInputError
+    from steplaw_opt.tune._study import make_storage
+
+    path = tmp_path / "s.db"
+    other: list[subprocess.Popen[str]] = []
+    opener = ("import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+              "c.execute('create table notes (x)'); c.commit(); print('ready', flush=True); "
+              "time.sleep(60)")  # fmt: skip
+
+    def another_opens_it() -> None:
+        proc = subprocess.Popen([sys.executable, "-c", opener, str(path)],
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+        other.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+
+    _refuse_init(monkeypatch, another_opens_it)
+    try:
+        with pytest.raises(SteplawInputError, match="disk I/O error"):
+            make_storage(optuna, f"sqlite:///{path}", None)
+        assert path.exists()
+        con = sqlite3.connect(path)
+        assert [r[0] for r in con.execute("select name from sqlite_master")] == ["notes"]
+        con.close()
+    finally:
+        for proc in other:
+            proc.kill()
+            proc.wait(10)
+
+
 def test_a_typo_in_a_study_database_creates_no_file(tmp_path):
     for argv in (
         ["fit", "--storage", f"sqlite:///{tmp_path / 'tpyo.db'}", "--study", "x"],
@@ -264,3 +381,191 @@ def test_a_study_in_which_every_run_failed_exits_non_zero(tmp_path):
     assert r.returncode != 0, r.stdout[-2000:]
     assert "every" in (r.stdout + r.stderr).lower()
     assert "Train with" not in r.stdout and "Refined optimum" not in r.stdout
+
+
+# ------------------------------------------------------------------ files and folder locks
+_OPENER = (
+    "import sys, time; f = open(sys.argv[1], 'rb'); print('ready', flush=True); time.sleep(60)"
+)
+
+
+@contextlib.contextmanager
+def _held_open(path: Path) -> Iterator[None]:
+    """Another process with ``path`` open, for the block."""
+    proc = subprocess.Popen([sys.executable, "-c", _OPENER, str(path)],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_a_disk_full_when_creating_the_database_file_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import optuna
+
+    from steplaw_opt import _files
+    from steplaw_opt.errors import SteplawInputError
+    from steplaw_opt.tune._study import make_storage
+
+    real = os.open
+
+    def full(path, flags, *args, **kwargs):
+        if flags & os.O_EXCL:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(_files.os, "open", full)
+    with pytest.raises(SteplawInputError, match=r"cannot create .*No space left") as info:
+        make_storage(optuna, f"sqlite:///{tmp_path / 's.db'}", None)
+    assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_thread_holding_one_folder_does_not_hold_up_another_folder(tmp_path):
+    from steplaw_opt._files import folder_lock
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    inside, release = threading.Event(), threading.Event()
+
+    def hold_a() -> None:
+        with folder_lock(a), folder_lock(a):  # re-entrant in one thread
+            inside.set()
+            release.wait(30)
+
+    def lock(folder: Path, done: threading.Event) -> None:
+        with folder_lock(folder):
+            done.set()
+
+    holder = threading.Thread(target=hold_a)
+    holder.start()
+    try:
+        assert inside.wait(10)
+        other_folder, same_folder = threading.Event(), threading.Event()
+        threading.Thread(target=lock, args=(b, other_folder), daemon=True).start()
+        assert other_folder.wait(5), "locking folder b waited for the thread holding folder a"
+        waiter = threading.Thread(target=lock, args=(a, same_folder), daemon=True)
+        waiter.start()
+        assert not same_folder.wait(0.3)  # folder a is one thread's at a time
+    finally:
+        release.set()
+        holder.join(10)
+    assert same_folder.wait(5)
+    waiter.join(5)
+    from steplaw_opt import _files
+
+    assert _files._LOCKS == {}
+
+
+def test_a_ctrl_c_while_waiting_for_a_folder_lock_leaks_no_descriptor(tmp_path, monkeypatch):
+    import fcntl
+
+    from steplaw_opt import _files
+
+    def interrupted(fd, op):
+        raise KeyboardInterrupt
+
+    before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(fcntl, "flock", interrupted)
+    with pytest.raises(KeyboardInterrupt), _files.folder_lock(tmp_path):
+        pass
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert _files._LOCKS == {}
+
+
+def test_looking_for_other_processes_stats_only_links_naming_the_file(tmp_path, monkeypatch):
+    from steplaw_opt import _files
+
+    path = tmp_path / "s.db"
+    new = _files.create_new_file(path)
+    assert new is not None
+    real, statted = os.stat, []
+
+    def spy(target, *args, **kwargs):
+        statted.append(str(target))
+        return real(target, *args, **kwargs)
+
+    with _held_open(path):
+        monkeypatch.setattr(_files.os, "stat", spy)
+        found = _files.opened_elsewhere(new)
+        monkeypatch.undo()
+        assert found
+        # every link stat'ed (followed) names the file: no socket, pipe or hung NFS file is
+        assert statted and all(os.readlink(link) == str(path) for link in statted), statted
+    assert not _files.opened_elsewhere(new)
+
+
+def _open_new_study(url: str) -> object:
+    import optuna
+
+    from steplaw_opt import Scale
+    from steplaw_opt.tune import TuneConfig
+    from steplaw_opt.tune._study import open_study
+
+    c = TuneConfig()
+    return open_study(optuna, url, "mine", optuna.samplers.RandomSampler(),
+                      Scale(N=1e8, D=2e9), c.law_card, 1.0, c.batch_unit)  # fmt: skip
+
+
+def test_an_empty_new_study_another_process_has_open_is_not_deleted(tmp_path):
+    import optuna
+
+    from steplaw_opt.tune._study import discard_new_study
+
+    path = tmp_path / "s.db"
+    study = _open_new_study(f"sqlite:///{path}")
+    with _held_open(path):  # another process joined it (it would run the first trial)
+        discard_new_study(optuna, study)
+    assert path.exists()
+    assert optuna.get_all_study_names(f"sqlite:///{path}") == ["mine"]
+    # nobody else: the run that made it removes it, and the file it created
+    study = _open_new_study(f"sqlite:///{tmp_path / 't.db'}")
+    discard_new_study(optuna, study)
+    assert not (tmp_path / "t.db").exists()
+
+
+def test_a_shared_new_study_elsewhere_than_sqlite_is_not_deleted(tmp_path):
+    # a journal (as a server): other processes joining it cannot be seen
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    from steplaw_opt.tune._study import discard_new_study
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "j.log")))
+    study = optuna.create_study(study_name="shared", storage=storage)
+    discard_new_study(optuna, study, shared=True)  # made for workers: they may have joined
+    assert optuna.get_all_study_names(storage) == ["shared"]
+    discard_new_study(optuna, study)  # a plain run without heartbeats: nobody to wait for
+    assert optuna.get_all_study_names(storage) == []
+
+
+def test_a_failed_open_removes_its_new_file_under_the_folder_lock(tmp_path, monkeypatch):
+    import optuna
+    import sqlalchemy.exc
+
+    from steplaw_opt import _files
+    from steplaw_opt.errors import SteplawInputError
+    from steplaw_opt.tune import _study
+
+    locked: list[bool] = []
+    real = _study._forget_new_file
+
+    def forget(new, name=None):
+        entry = _files._LOCKS.get(os.path.realpath(new.path.parent))
+        locked.append(entry is not None and entry.depth > 0)
+        return real(new, name)
+
+    def refused(*args, **kwargs):
+        raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(_study, "_forget_new_file", forget)
+    monkeypatch.setattr(optuna, "create_study", refused)
+    with pytest.raises(SteplawInputError, match="disk I/O error"):
+        _open_new_study(f"sqlite:///{tmp_path / 's.db'}")
+    assert locked == [True]
+    assert list(tmp_path.iterdir()) == []

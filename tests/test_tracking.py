@@ -124,6 +124,7 @@ def test_parent_and_nested_runs_with_metrics_and_artifacts(tmp_path, tracking_ur
     assert parent.data.params["target.D"] == "40000000000.0"
     assert "prior.sd_u" in parent.data.params
     assert "Train with" in parent.data.tags["mlflow.note.content"]
+    assert parent.data.tags["steplaw.outcome"] == "refined"
     assert artifact_paths(tracking_uri, parent.info.run_id) >= {
         "law-card.toml",
         "trials.csv",
@@ -228,6 +229,28 @@ def test_a_failed_trial_is_a_failed_nested_run_and_the_study_goes_on(tracking_ur
     assert len(failed) == result.n_failed >= 1
     assert {k.data.tags["steplaw.failure"] for k in failed} == {"diverged"}
     assert all("loss" not in k.data.metrics for k in failed)
+
+
+def test_a_study_in_which_every_trial_failed_records_no_optimum(tracking_uri):
+    """Nothing measured: the record says so plainly and logs no refined optimum (the law's
+    point is a prior, not a result) — no refined.* metric or tag, no "Train with" note."""
+
+    def broken(lr, batch_size, scale):
+        raise TrialFailed("exit code 3: no GPU")
+
+    with MlflowTracker(tracking_uri) as tracker:
+        result = tune(TARGET, CallableObjective(broken), storage=":memory:", n_trials=3,
+                      tracker=tracker)  # fmt: skip
+    assert result.n_complete == 0 and result.n_failed == 3
+    parent, kids = runs_of(tracking_uri)
+    assert parent.info.status == "FINISHED" and len(kids) == 3
+    tags, metrics = parent.data.tags, parent.data.metrics
+    assert tags["steplaw.outcome"] == "no trial finished"
+    assert "No trial finished" in tags["mlflow.note.content"]
+    assert "Train with" not in tags["mlflow.note.content"]
+    assert not [k for k in (*tags, *metrics) if k.startswith("refined.")], (tags, metrics)
+    assert metrics["n_complete"] == 0 and metrics["n_failed"] == 3
+    assert not any(p.startswith("plots/") for p in artifact_paths(tracking_uri, parent.info.run_id))
 
 
 def test_the_tracker_is_an_optuna_callback(tracking_uri):

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 
@@ -121,3 +122,94 @@ def test_config_and_setting_keywords_together_are_refused() -> None:
             budget=0.25,
             storage=":memory:",
         )
+
+
+# ------------------------------------------------------------------ every field, up front
+@pytest.mark.parametrize(
+    "settings, needle",
+    [
+        ({"lr_bounds": ("a", "b")}, "lr_bounds must be two numbers with 0 < low < high, got"),
+        ({"lr_bounds": (1e-3,)}, "lr_bounds must be two numbers"),
+        ({"lr_bounds": "ab"}, "lr_bounds must be two numbers"),
+        ({"lr_bounds": (1e-2, 1e-3)}, "lr_bounds must be two numbers"),
+        ({"lr_bounds": (math.nan, 1.0)}, "lr_bounds must be two numbers"),
+        ({"batch_bounds": (0, 64)}, "batch_bounds must be two numbers"),
+        ({"batch_bounds": (1, None)}, "batch_bounds must be two numbers"),
+        ({"round_batch": 64.5}, "round_batch must be 'none', 'pow2' or a positive integer"),
+        ({"round_batch": "POW2"}, "round_batch must be"),
+        ({"round_batch": True}, "round_batch must be"),
+        ({"seed": "x"}, "seed must be a non-negative integer, got 'x'"),
+        ({"seed": -1}, "seed must be a non-negative integer, got -1"),
+        ({"n_trials": 2.5}, "n_trials must be a positive integer, got 2.5"),
+        ({"n_trials": "5"}, "n_trials must be a positive integer, got '5'"),
+        ({"target_runs": "1"}, "target_runs must be a non-negative integer, got '1'"),
+        ({"budget": "1"}, "budget must be a non-negative number, got '1'"),
+        ({"batch_multiple": 2.5}, "batch_multiple must be a positive integer, got 2.5"),
+        ({"batch_multiple": np.int64(0)}, "batch_multiple must be a positive integer"),
+        ({"smaller_n": "yes"}, "smaller_n must be True or False, got 'yes'"),
+        ({"timeout_per_trial": 0}, "timeout_per_trial must be a positive number of seconds"),
+        ({"timeout_per_trial": "60"}, "timeout_per_trial must be a positive number of seconds"),
+        ({"heartbeat_interval": "5"}, "heartbeat_interval must be a whole number of seconds"),
+        ({"sampler": ["plateau"]}, "unknown sampler ['plateau']"),
+        ({"batch_unit": None}, "batch_unit must be 'sequences' or 'tokens', got None"),
+        ({"objective_spec": "train {lr}"}, "objective_spec must be a dict or None"),
+    ],
+)
+def test_every_field_is_checked_at_construction(settings: dict, needle: str) -> None:
+    """A bad field is one SteplawInputError line naming it and its value (not a bare
+    TypeError when the study is set up)."""
+    with pytest.raises(SteplawInputError) as info:
+        TuneConfig(**settings)
+    message = str(info.value)
+    assert needle in message and "\n" not in message, message
+    assert message.split()[0].strip("'") in {*settings, "unknown"}, message
+
+
+def test_bad_bounds_through_tune_are_one_line() -> None:
+    with pytest.raises(SteplawInputError, match="lr_bounds must be two numbers"):
+        tune(TARGET, CallableObjective(bowl), lr_bounds=("a", "b"), storage=":memory:")
+
+
+def test_numpy_scalars_are_stored_as_plain_python_numbers() -> None:
+    config = TuneConfig(
+        budget=np.float32(0.5),
+        n_trials=np.int64(7),
+        target_runs=np.int32(0),
+        seed=np.int64(3),
+        lr_bounds=np.array([1e-4, 1e-2]),
+        batch_bounds=(np.int64(2), np.int64(4096)),
+        batch_multiple=np.int64(8),
+        round_batch=np.int64(64),
+        smaller_n=np.bool_(True),
+        timeout_per_trial=np.int64(30),
+        heartbeat_interval=np.int64(5),
+    )
+    kinds = {
+        "budget": float, "n_trials": int, "target_runs": int, "seed": int, "batch_multiple": int,
+        "round_batch": int, "smaller_n": bool, "timeout_per_trial": float,
+        "heartbeat_interval": int,
+    }  # fmt: skip
+    for name, kind in kinds.items():
+        assert type(getattr(config, name)) is kind, (name, type(getattr(config, name)))
+    assert config.lr_bounds == (1e-4, 1e-2) and type(config.lr_bounds[0]) is float
+    assert config.batch_bounds == (2.0, 4096.0) and type(config.batch_bounds[0]) is float
+    text = json.dumps(config.to_dict())  # as the study stores it: no default= needed
+    doc = json.loads(text)
+    assert doc["n_trials"] == 7 and type(doc["n_trials"]) is int
+    assert type(doc["seed"]) is int and type(doc["batch_multiple"]) is int
+    assert type(doc["heartbeat_interval"]) is int and type(doc["round_batch"]) is int
+    assert TuneConfig.from_dict(doc) == config
+    assert config == TuneConfig(budget=0.5, n_trials=7, seed=3, lr_bounds=(1e-4, 1e-2),
+                                batch_bounds=(2, 4096), batch_multiple=8, round_batch=64,
+                                smaller_n=True, timeout_per_trial=30.0,
+                                heartbeat_interval=5)  # fmt: skip
+
+
+def test_a_document_with_whole_floats_rebuilds_integers() -> None:
+    """Studies stored by an older version hold NumPy integers as floats (8.0): they rebuild
+    the integers they were."""
+    doc = {**TuneConfig(n_trials=7, seed=3, batch_multiple=8).to_dict()}
+    doc.update(n_trials=7.0, seed=3.0, batch_multiple=8.0)
+    config = TuneConfig.from_dict(doc)
+    assert (config.n_trials, config.seed, config.batch_multiple) == (7, 3, 8)
+    assert type(config.batch_multiple) is int

@@ -239,3 +239,168 @@ def test_sigkilled_worker_trial_is_retried_and_no_mlflow_run_stays_running(
     assert runs and not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     dead_run = [r for r in runs if r.info.run_name == f"trial-{dead[0].number}"]
     assert dead_run and dead_run[0].info.status == "FAILED"
+
+
+# ------------------------------------------------------------------ database errors in setup
+def _flaky(monkeypatch, method: str, failures: float) -> dict[str, int]:
+    """Make ``RDBStorage.<method>`` raise SQLAlchemy's OperationalError (a database restarting,
+    a lock held too long) on its first ``failures`` calls (``math.inf``: always)."""
+    import optuna
+    import sqlalchemy.exc
+
+    real = getattr(optuna.storages.RDBStorage, method)
+    calls = {"n": 0, "failed": 0}
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["failed"] < failures:
+            calls["failed"] += 1
+            raise sqlalchemy.exc.OperationalError(
+                "INSERT INTO trial_params", {}, Exception("server closed the connection")
+            )
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, method, flaky)
+    return calls
+
+
+def _bowl(lr: float, batch_size: float, scale: Scale) -> float:
+    return 3.0 + math.log(lr / 1e-3) ** 2 + 0.1 * math.log(batch_size / 64) ** 2
+
+
+@pytest.mark.parametrize("method", ["_set_trial_param", "set_trial_user_attr"])
+def test_a_database_error_while_setting_up_a_trial_is_retried(
+    tmp_path: Path, monkeypatch, method: str
+) -> None:
+    """Choosing a trial's point or recording its owner, slot and scale hits a database error
+    a few times: the step is retried with backoff and the study completes."""
+    from steplaw_opt.objectives import CallableObjective
+    from steplaw_opt.tune import tune
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    calls = _flaky(monkeypatch, method, failures=3)
+    result = tune(Scale(N=1e8, D=2e9), CallableObjective(_bowl), n_trials=3, storage=url)
+    assert calls["failed"] == 3
+    assert result is not None and result.n_complete == 3 and result.n_failed == 0
+    states = [t.state.name for t in _load(url, result.study_name).get_trials()]
+    assert states == ["COMPLETE"] * 3
+
+
+def test_a_database_that_stays_away_in_setup_is_one_line_and_leaves_no_running_trial(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from steplaw_opt.errors import SteplawInputError
+    from steplaw_opt.objectives import CallableObjective
+    from steplaw_opt.tune import _workers, tune
+
+    monkeypatch.setattr(_workers, "TRANSIENT_WAIT", 1.0)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    _flaky(monkeypatch, "_set_trial_param", failures=math.inf)
+    started = time.monotonic()
+    with pytest.raises(SteplawInputError) as info:
+        tune(Scale(N=1e8, D=2e9), CallableObjective(_bowl), n_trials=3, storage=url,
+             study_name="away")  # fmt: skip
+    assert time.monotonic() - started < 20
+    message = str(info.value)
+    assert "\n" not in message and "storage" in message, message
+    assert "server closed the connection" in message, message
+    trials = _load(url, "away").get_trials()
+    assert trials and all(t.state.name != "RUNNING" for t in trials), trials
+    assert trials[0].user_attrs["steplaw.failure"] == "interrupted"  # its slot runs again
+
+
+def test_a_worker_whose_database_stays_away_exits_2_with_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    create = subprocess.run(
+        _cli("tune", "--command", "echo '{{\"loss\": 3.0}}'", "--params", "1e8", "--tokens", "2e9",
+             "--n-trials", "3", "--storage", url, "--study-name", "w", "--create-only",
+             "--no-mlflow"),
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert create.returncode == 0, create.stderr
+    worker = textwrap.dedent(
+        f"""
+        import optuna, sqlalchemy.exc
+        from steplaw_opt.tune import _workers
+        _workers.TRANSIENT_WAIT = 1.0
+        def away(self, *args, **kwargs):
+            raise sqlalchemy.exc.OperationalError("INSERT", {{}}, Exception("database is away"))
+        optuna.storages.RDBStorage._set_trial_param = away
+        from steplaw_opt.cli import main
+        main(["worker", "--storage", {url!r}, "--study-name", "w", "--no-mlflow"])
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "database is away" in lines[0], r.stderr[-2000:]
+    trials = _load(url, "w").get_trials()
+    assert all(t.state.name != "RUNNING" for t in trials), [t.state for t in trials]
+
+
+def test_an_objectives_own_database_error_is_its_own_not_a_storage_that_went_away(
+    tmp_path: Path,
+) -> None:
+    import sqlalchemy.exc
+
+    from steplaw_opt.errors import SteplawStorageError
+    from steplaw_opt.objectives import CallableObjective
+    from steplaw_opt.tune import tune
+
+    def reads_its_own_database(lr: float, batch_size: float, scale: Scale) -> float:
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("its data is locked"))
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    started = time.monotonic()
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="its data is locked") as info:
+        tune(Scale(N=1e8, D=2e9), CallableObjective(reads_its_own_database), n_trials=2,
+             storage=url, study_name="own")  # fmt: skip
+    assert not isinstance(info.value, SteplawStorageError)
+    assert time.monotonic() - started < 20  # not retried as the study's storage
+    trials = _load(url, "own").get_trials()
+    assert [t.state.name for t in trials] == ["FAIL"]
+    assert "its data is locked" in trials[0].user_attrs["steplaw.failure"]
+
+
+def test_a_pruned_copy_whose_reply_was_lost_is_not_an_error(tmp_path: Path, monkeypatch) -> None:
+    import optuna
+    import sqlalchemy.exc
+
+    from steplaw_opt.tune._loop import _tell
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="p", storage=url)
+    trial = study.ask()
+    real = optuna.storages.RDBStorage.set_trial_state_values
+    lost = {"n": 0}
+
+    def committed_then_lost(self, *args, **kwargs):
+        done = real(self, *args, **kwargs)
+        if not lost["n"]:
+            lost["n"] += 1
+            raise sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("connection reset"))
+        return done
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", committed_then_lost)
+    state = optuna.trial.TrialState.PRUNED
+    assert _tell(study, trial, None, {"steplaw.failure": "no slot"}, state=state) is False
+    assert lost["n"] == 1
+    frozen = _load(url, "p").trials[0]
+    assert frozen.state == state and frozen.user_attrs["steplaw.failure"] == "no slot"
+
+
+def test_a_create_only_run_hands_its_study_over(tmp_path: Path, monkeypatch) -> None:
+    from steplaw_opt.objectives import CommandObjective
+    from steplaw_opt.tune import _tune, tune
+
+    kept: list[str] = []
+    real = _tune.keep_new_study
+    monkeypatch.setattr(_tune, "keep_new_study", lambda s: (kept.append(s.study_name), real(s)))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    made = tune(Scale(N=1e8, D=2e9), CommandObjective("echo '{{\"loss\": 3.0}}'"), n_trials=2,
+                storage=url, study_name="for-workers", create_only=True)  # fmt: skip
+    assert made is None and kept == ["for-workers"]
+    assert not any(name == "for-workers" for name in _tune._MADE_HERE.values())
+    assert _load(url, "for-workers").user_attrs  # the study is there, with its settings

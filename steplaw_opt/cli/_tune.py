@@ -45,9 +45,60 @@ def tune_command(
         typer.Option(
             "--command",
             help="Training command template: {lr} {batch_size} {batch_tokens} {tokens} {params} "
-            "{seq_len} {trial_number} {metrics_file}; it prints its loss as a last JSON line.",
+            "{seq_len} {steps} {warmup_steps} {decay_steps} {trial_number} {trial_dir} "
+            "{metrics_file}; it prints its loss as a last JSON line, or see --loss-pattern and "
+            "--metrics-format (docs/commands.md).",
         ),
     ] = None,
+    loss_pattern: Annotated[
+        str | None,
+        typer.Option(
+            "--loss-pattern",
+            help="Regular expression with a named group loss (and step) searched in the "
+            "command's stdout and stderr lines; the last match is the final loss. Example: "
+            "'iter (?P<step>\\d+): loss (?P<loss>[^\\s,]+)'.",
+        ),
+    ] = None,
+    progress_pattern: Annotated[
+        str | None,
+        typer.Option(
+            "--progress-pattern",
+            help="Pattern of the intermediate losses, with groups loss and step [--loss-pattern].",
+        ),
+    ] = None,
+    metrics_format: Annotated[
+        str,
+        typer.Option(
+            "--metrics-format",
+            help="How {metrics_file} is read: json (read at the end), jsonl or csv (followed "
+            "while the job runs; the last row with a loss is the final loss).",
+        ),
+    ] = "json",
+    loss_key: Annotated[
+        str,
+        typer.Option(
+            "--loss-key", help="Key (JSON lines, metrics file) or CSV column of the loss."
+        ),
+    ] = "loss",
+    step_key: Annotated[
+        str,
+        typer.Option("--step-key", help="Key or CSV column of the step."),
+    ] = "step",
+    warmup_fraction: Annotated[
+        float,
+        typer.Option(
+            "--warmup-fraction",
+            help="{warmup_steps} = this fraction of {steps}, rounded (at least 1 if positive).",
+        ),
+    ] = 0.1,
+    decay_fraction: Annotated[
+        float,
+        typer.Option(
+            "--decay-fraction",
+            help="{decay_steps} = this fraction of {steps} (1.0: decay ends at the last step; "
+            "0.2: a WSD cooldown).",
+        ),
+    ] = 1.0,
     builtin: Annotated[
         bool, typer.Option("--builtin", help="Use the built-in nanoGPT-style proxy trainer.")
     ] = False,
@@ -189,7 +240,18 @@ def tune_command(
         from steplaw_opt.tune import check_card_path
 
         check_card_path(refit_law)  # before any run is spent
-    objective = _objective(command, builtin, replay, corpus, batch_unit, timeout_per_trial)
+    reading = {
+        "loss_pattern": loss_pattern,
+        "progress_pattern": progress_pattern,
+        "metrics_format": metrics_format,
+        "loss_key": loss_key,
+        "step_key": step_key,
+        "warmup_fraction": warmup_fraction,
+        "decay_fraction": decay_fraction,
+    }
+    objective = _objective(
+        command, builtin, replay, corpus, batch_unit, timeout_per_trial, reading
+    )
 
     from rich.console import Console
 
@@ -214,7 +276,9 @@ def tune_command(
         heartbeat_interval=(heartbeat_interval or DEFAULT_HEARTBEAT)
         if create_only
         else heartbeat_interval,
-        objective_spec=_objective_spec(command, builtin, replay, corpus),
+        objective_spec=objective.to_spec()
+        if command is not None
+        else _objective_spec(command, builtin, replay, corpus),
     )
     console = Console(stderr=as_json)
     law_obj = config.law_card
@@ -359,11 +423,21 @@ def _objective(
     corpus: str | None,
     batch_unit: str,
     timeout: float | None,
+    reading: dict[str, Any],
 ) -> Any:
     from steplaw_opt import objectives
+    from steplaw_opt.objectives._command import COMMAND_DEFAULTS
 
     if command is not None:
-        return objectives.CommandObjective(command, batch_unit=batch_unit, timeout=timeout)
+        return objectives.CommandObjective(
+            command, batch_unit=batch_unit, timeout=timeout, **reading
+        )
+    changed = [k for k, v in reading.items() if v != COMMAND_DEFAULTS[k]]
+    if changed:
+        raise SteplawInputError(
+            f"--{changed[0].replace('_', '-')} applies to --command only (how a command's "
+            "loss is read, and its schedule placeholders)"
+        )
     if replay is not None:
         if not Path(replay).exists():
             raise SteplawInputError(f"grid file not found: {replay!r}")

@@ -12,11 +12,19 @@ reaches the job as one word and runs nothing; a placeholder may stand bare or in
 single or double quotes (``--out '{metrics_file}'``), the value is quoted for where it stands.
 Numbers need no quotes and get none (``--lr 0.003``).
 
-The job reports its loss as the last JSON line on stdout (``{"loss": 3.21}``) or as JSON in
-``{metrics_file}``; lines like ``{"step": 100, "loss": 3.9}`` are intermediate losses, passed on
-as they arrive. A non-zero exit, a timeout, a line with ``"diverged": true`` or no loss at all is
-a failed run whose reason (exit code and stderr tail, "timeout", "diverged") is recorded.
-Output is read defensively: bytes that are not UTF-8 are replaced, a line longer than
+By default the job reports its loss as the last JSON line on stdout (``{"loss": 3.21}``) or as
+JSON in ``{metrics_file}``; lines like ``{"step": 100, "loss": 3.9}`` are intermediate losses,
+passed on as they arrive. A training script as it is can be read instead (docs/commands.md;
+:mod:`steplaw_opt.objectives._output` implements it): a regular expression with named groups
+``loss`` and ``step`` matched against its stdout and stderr lines (the last match is the final
+loss, every match with a step an intermediate loss), and/or ``{metrics_file}`` as JSON lines or
+CSV with a named column, followed while the job runs. Step-driven scripts get ``{steps}``
+(``ceil(tokens / batch_tokens)``), ``{warmup_steps}`` and ``{decay_steps}`` (fractions of the
+steps) and ``{trial_dir}``.
+
+A non-zero exit, a timeout, a line with ``"diverged": true``, a loss that is not finite or no loss
+at all is a failed run whose reason (exit code and stderr tail, "timeout", "diverged") is
+recorded. Output is read defensively: bytes that are not UTF-8 are replaced, a line longer than
 :data:`MAX_LINE_BYTES` keeps only its tail, a metrics file is read only if it is a regular file
 (not a FIFO or ``/dev/zero``) and only its last :data:`MAX_METRICS_BYTES`, and a failure reason
 keeps the tail of stderr, a few KB at most.
@@ -33,7 +41,6 @@ import queue
 import re
 import shlex
 import signal
-import stat
 import string
 import subprocess
 import tempfile
@@ -45,6 +52,17 @@ from typing import IO, Any
 
 from steplaw_opt.errors import SteplawInputError
 from steplaw_opt.objectives._base import Objective, RunContext, TrialFailed
+from steplaw_opt.objectives._output import (
+    MAX_LINE_BYTES,
+    MAX_METRICS_BYTES,  # noqa: F401  (the documented limit, named in the docstring)
+    LossFormat,
+    Reading,
+    file_signature,
+    parse_json_line,
+    read_json_metrics,
+    read_metrics_file,
+    reading_of,
+)
 from steplaw_opt.scale import Scale
 
 PLACEHOLDERS = (
@@ -54,15 +72,35 @@ PLACEHOLDERS = (
     "tokens",
     "params",
     "seq_len",
+    "steps",
+    "warmup_steps",
+    "decay_steps",
     "trial_number",
+    "trial_dir",
     "metrics_file",
 )
+SCHEDULE_PLACEHOLDERS = ("warmup_steps", "decay_steps")
 STDERR_TAIL_LINES = 5
+WARMUP_FRACTION = 0.1  # {warmup_steps}: this fraction of {steps}, as the built-in trainer warms up
+DECAY_FRACTION = 1.0  # {decay_steps}: this fraction of {steps} (a cosine to the last step)
+METRICS_POLL = 1.0  # seconds between looks at a JSON-lines or CSV metrics file while a job runs
+# A final loss matched before this fraction of the last step reported is not the run's result
+# (an evaluation interval that does not divide the run leaves only the step-0 evaluation).
+STALE_FRACTION = 0.9
+# The defaults of CommandObjective's loss-reading and schedule settings (the CLI refuses them
+# for an objective that is not a command).
+COMMAND_DEFAULTS: dict[str, Any] = {
+    "loss_pattern": None,
+    "progress_pattern": None,
+    "metrics_format": "json",
+    "loss_key": "loss",
+    "step_key": "step",
+    "warmup_fraction": WARMUP_FRACTION,
+    "decay_fraction": DECAY_FRACTION,
+}
 
 
 MAX_TEMPLATE_CHARS = 100_000  # a command line longer than this is not a command (ARG_MAX)
-MAX_LINE_BYTES = 64 * 1024  # a JSON loss line is short: longer output lines keep their tail
-MAX_METRICS_BYTES = 1 << 20  # the tail of a metrics file that is read
 REASON_TAIL_CHARS = 2000  # the stderr tail kept in a failure reason
 
 
@@ -155,27 +193,6 @@ def render_template(parts: list[tuple[str, str | None]], values: Mapping[str, st
     return "".join(out)
 
 
-def parse_json_line(line: str) -> dict[str, Any] | None:
-    line = line.strip()
-    if not (line.startswith("{") and line.endswith("}")):
-        return None
-    try:
-        value = json.loads(line)
-    except (ValueError, RecursionError):  # bad JSON, a 5000-digit number, [[[[…]]]]
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _loss_of(record: dict[str, Any]) -> float | None:
-    loss = record.get("loss")
-    if isinstance(loss, bool) or not isinstance(loss, (int, float, str)):
-        return None
-    try:
-        return float(loss)  # json allows NaN/Infinity; "nan" strings too
-    except (ValueError, OverflowError):  # an integer of 400 digits overflows a float
-        return math.inf if isinstance(loss, int) else None
-
-
 def _lines(stream: IO[Any]) -> Iterator[str]:
     """The lines of a job's output, read in bounded pieces: bytes that are not UTF-8 are
     replaced (a binary stream must not kill the reader and leave the pipe full), and a line
@@ -205,16 +222,33 @@ def _tail(text: str, limit: int = REASON_TAIL_CHARS) -> str:
 
 
 class CommandObjective(Objective):
-    """Runs a shell command template per trial (see the module docstring).
+    """Runs a shell command template per trial (see the module docstring and docs/commands.md).
 
     Args:
         template: the command, with placeholders ``{lr} {batch_size} {batch_tokens} {tokens}
-            {params} {seq_len} {trial_number} {metrics_file}``.
+            {params} {seq_len} {steps} {warmup_steps} {decay_steps} {trial_number} {trial_dir}
+            {metrics_file}``.
         batch_unit: the unit of ``{batch_size}``: ``"sequences"`` (of ``seq_len``) or
             ``"tokens"``; ``{batch_tokens}`` is always tokens.
         timeout: seconds per run (``None``: no limit); the whole process group is stopped.
         workdir: where the command runs (default: the current folder).
         env: extra environment variables.
+        loss_pattern: a regular expression with a named group ``loss`` (and optionally
+            ``step``) searched in every stdout and stderr line; the last match is the final
+            loss (``None``: the last JSON line on stdout).
+        progress_pattern: the pattern of the intermediate losses (default: ``loss_pattern``);
+            a match needs a ``step`` to count.
+        metrics_format: how ``{metrics_file}`` is read: ``"json"`` (one document or JSON
+            lines, read at the end), ``"jsonl"`` or ``"csv"`` (followed while the job runs:
+            rows with a step are intermediate losses, the last row with a loss is the final
+            one; the file wins over stdout).
+        loss_key, step_key: the key (JSON) or column (CSV) of the loss and of the step.
+        warmup_fraction: ``{warmup_steps}`` is this fraction of ``{steps}`` (rounded, at least
+            1 when positive).
+        decay_fraction: ``{decay_steps}`` is this fraction of ``{steps}`` (1.0: the decay ends
+            at the last step, nanoGPT's ``lr_decay_iters``; 0.2: a WSD cooldown's length); at
+            least ``{warmup_steps}`` + 1 when the template uses both and this fraction is not
+            below the warmup's (:meth:`schedule_steps`).
     """
 
     name = "command"
@@ -227,6 +261,13 @@ class CommandObjective(Objective):
         timeout: float | None = None,
         workdir: str | Path | None = None,
         env: dict[str, str] | None = None,
+        loss_pattern: str | None = None,
+        progress_pattern: str | None = None,
+        metrics_format: str = "json",
+        loss_key: str = "loss",
+        step_key: str = "step",
+        warmup_fraction: float = WARMUP_FRACTION,
+        decay_fraction: float = DECAY_FRACTION,
     ) -> None:
         if not isinstance(template, str) or not template.strip():
             raise SteplawInputError("command template is empty")
@@ -249,6 +290,21 @@ class CommandObjective(Objective):
             raise SteplawInputError(
                 f"timeout must be a positive number of seconds, got {timeout!r}"
             )
+        self.output = LossFormat(
+            loss_pattern=loss_pattern,
+            progress_pattern=progress_pattern,
+            metrics_format=metrics_format,
+            loss_key=loss_key,
+            step_key=step_key,
+        )
+        if metrics_format != "json" and not {"metrics_file", "trial_dir"} & set(self.fields):
+            raise SteplawInputError(
+                f"metrics format {metrics_format!r} reads {{metrics_file}}, but the command "
+                "template has neither {metrics_file} nor {trial_dir}: tell the job where to "
+                "write it"
+            )
+        self.warmup_fraction = _fraction("warmup fraction", warmup_fraction)
+        self.decay_fraction = _fraction("decay fraction", decay_fraction)
         self.template = template
         self.batch_unit = batch_unit
         self.timeout = timeout
@@ -258,11 +314,22 @@ class CommandObjective(Objective):
         # wrong shows here, not at the first trial.
         self.render(1e-3, 64, Scale(N=1e9, D=1e11), 0, "/tmp/steplaw-trial-x/metrics.json")
 
+    def steps(self, batch_size: float, scale: Scale) -> int:
+        """``{steps}``: optimizer steps that train on the run's tokens,
+        ``ceil(tokens / batch_tokens)`` (at least 1; the last batch may overshoot the tokens
+        by less than one batch)."""
+        return steps_for(float(scale.D or 0), self._batch_tokens(batch_size, scale))
+
+    def _batch_tokens(self, batch_size: float, scale: Scale) -> float:
+        return batch_size if self.batch_unit == "tokens" else batch_size * scale.seq_len
+
     def render(
         self, lr: float, batch_size: float, scale: Scale, trial_number: int, metrics: str
     ) -> str:
         """The shell command for one run: every value quoted for where it stands."""
-        batch_tokens = batch_size if self.batch_unit == "tokens" else batch_size * scale.seq_len
+        batch_tokens = self._batch_tokens(batch_size, scale)
+        steps = steps_for(float(scale.D or 0), batch_tokens)
+        warmup, decay = self.schedule_steps(steps)
         values = {
             "lr": f"{lr:.6g}",
             "batch_size": _number(batch_size),
@@ -270,17 +337,65 @@ class CommandObjective(Objective):
             "tokens": _number(float(scale.D or 0)),
             "params": _number(float(scale.N or 0)),
             "seq_len": str(scale.seq_len),
+            "steps": str(steps),
+            "warmup_steps": str(warmup),
+            "decay_steps": str(decay),
             "trial_number": str(trial_number),
+            "trial_dir": os.path.dirname(metrics) or ".",
             "metrics_file": metrics,
         }
         return render_template(self._parts, values)
 
+    def schedule_steps(self, steps: int) -> tuple[int, int]:
+        """``{warmup_steps}`` and ``{decay_steps}`` for a run of ``steps``: their fractions of
+        it (:func:`fraction_of`), except that when the template uses both and the decay is meant
+        to end after the warmup (``decay_fraction >= warmup_fraction``, nanoGPT's
+        ``lr_decay_iters``), ``{decay_steps}`` is at least ``{warmup_steps}`` + 1 — rounding a
+        short run (1 step, or equal fractions) would make them equal, and a schedule that
+        divides by their difference (nanoGPT's ``get_lr``) divide by zero. It can then be
+        ``steps`` + 1."""
+        warmup = fraction_of(steps, self.warmup_fraction)
+        decay = fraction_of(steps, self.decay_fraction)
+        if (
+            all(name in self.fields for name in SCHEDULE_PLACEHOLDERS)
+            and self.decay_fraction >= self.warmup_fraction
+            and decay <= warmup
+        ):
+            decay = warmup + 1
+        return warmup, decay
+
+    def to_spec(self) -> dict[str, Any]:
+        """How ``steplaw-opt worker`` rebuilds this objective (stored in the study):
+        :func:`command_objective_from_spec` reads it back."""
+        return {
+            "kind": "command",
+            "command": self.template,
+            **self.output.to_dict(),
+            "warmup_fraction": self.warmup_fraction,
+            "decay_fraction": self.decay_fraction,
+        }
+
+    def identity_key(self) -> Any:
+        """What a resumed study compares: the template, and the schedule fractions when the
+        template uses them (they change what a run trains; how the loss is read may be fixed
+        and the study resumed)."""
+        used = [name for name in SCHEDULE_PLACEHOLDERS if name in self.fields]
+        if not used:
+            return self.template
+        return [
+            self.template,
+            self.warmup_fraction if "warmup_steps" in used else None,
+            self.decay_fraction if "decay_steps" in used else None,
+        ]
+
     def run(self, lr: float, batch_size: float, scale: Scale, context: RunContext) -> float:
         timeout = context.timeout if context.timeout is not None else self.timeout
         with tempfile.TemporaryDirectory(prefix="steplaw-trial-") as tmp:
-            metrics = str(Path(tmp) / "metrics.json")
+            metrics = str(Path(tmp) / self.output.metrics_name())
             command = self.render(lr, batch_size, scale, context.trial_number, metrics)
             context.notes["command"] = command
+            if "steps" in self.fields:
+                context.notes["steps"] = self.steps(batch_size, scale)
             return self._execute(command, metrics, timeout, context)
 
     # ------------------------------------------------------------------ process handling
@@ -301,20 +416,36 @@ class CommandObjective(Objective):
         )
         # Stops the group even when this process cannot (SIGKILL, a crash): see _Watchdog.
         watchdog = _Watchdog(proc.pid, grace)
-        records: queue.Queue[dict[str, Any]] = queue.Queue()
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
         stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
-        last: list[dict[str, Any]] = []
+        state = _RunState()
+        fmt = self.output
+        follow = None if fmt.metrics_format == "json" else _MetricsFollower(metrics, fmt)
+
+        def matched(line: str) -> None:
+            final, progress = fmt.match(line)
+            for reading in final:
+                events.put(("final", reading))
+            for reading in progress:
+                events.put(("progress", reading))
 
         def pump_stdout() -> None:
             assert proc.stdout is not None
             for line in _lines(proc.stdout):  # bounded, binary-safe
-                record = parse_json_line(line)
-                if record is not None:
-                    records.put(record)
+                if fmt.reads_json_lines:
+                    record = parse_json_line(line)
+                    if record is not None:
+                        events.put(("json", record))
+                if fmt.reads_lines:
+                    matched(line)
+                if line.strip():
+                    state.last_line = line[-500:]
 
         def pump_stderr() -> None:
             assert proc.stderr is not None
             for line in _lines(proc.stderr):  # bounded, binary-safe
+                if fmt.reads_lines:
+                    matched(line)
                 if line.strip():
                     stderr_tail.append(line.rstrip())
 
@@ -325,7 +456,9 @@ class CommandObjective(Objective):
         try:
             try:
                 while True:
-                    self._drain(records, last, context)
+                    self._drain(events, state, context)
+                    if follow is not None:
+                        follow.poll(state, context)
                     if context.stop_check is not None:
                         context.stop_check()
                     try:
@@ -343,73 +476,149 @@ class CommandObjective(Objective):
             watchdog.release()
         for t in threads:
             t.join(timeout=5)
-        self._drain(records, last, context)
+        self._drain(events, state, context)
+        if follow is not None:
+            follow.poll(state, context, force=True)
         tail = _tail(" | ".join(stderr_tail))  # stored and shown: a few KB at most
         if proc.returncode != 0:
             reason = f"exit code {proc.returncode}"
-            if last and last[-1].get("diverged") is True:
+            if state.last_record is not None and state.last_record.get("diverged") is True:
                 reason = "diverged"
             raise TrialFailed(f"{reason}: {tail}" if tail and reason != "diverged" else reason)
-        final = _read_metrics(metrics) or (last[-1] if last else None)
-        if final is not None and final.get("diverged") is True:
+        final = self._final(state, metrics)
+        if final is None:
+            problem = follow.problem if follow is not None else None
+            raise TrialFailed(fmt.no_loss(problem, state.last_line))
+        if final.diverged or not math.isfinite(final.loss):
             raise TrialFailed("diverged")
-        loss = _loss_of(final) if final is not None else None
-        if loss is None:
-            raise TrialFailed(
-                'the command printed no loss (expected a last JSON line like {"loss": 3.21} '
-                "on stdout, or JSON in {metrics_file})"
-            )
-        if not math.isfinite(loss):
-            raise TrialFailed("diverged")
-        return loss
+        if final.step is not None:
+            context.notes["loss_step"] = final.step
+            last = max(state.reported, default=final.step)
+            if fmt.loss_pattern is not None and final.step < STALE_FRACTION * last:
+                raise TrialFailed(
+                    f"the final loss is from step {final.step}, but the run went on to step "
+                    f"{last}: print the loss at the end of the run (nanoGPT: "
+                    "--eval_interval={steps}); docs/commands.md"
+                )
+        return final.loss
 
-    @staticmethod
+    def _final(self, state: _RunState, metrics: str) -> Reading | None:
+        """The run's result: the metrics file's (its last loss), else stdout's (the last match
+        of the loss pattern, or the last JSON line)."""
+        fmt = self.output
+        if fmt.metrics_format == "json":
+            record = read_json_metrics(metrics)
+            if record:  # a JSON document in {metrics_file} is the result
+                return reading_of(record, fmt.loss_key, fmt.step_key)
+        elif state.file_final is not None:
+            return state.file_final
+        if not fmt.reads_json_lines:
+            return state.final_match
+        if state.last_record is None:
+            return None
+        return reading_of(state.last_record, fmt.loss_key, fmt.step_key)
+
     def _drain(
-        records: queue.Queue[dict[str, Any]], last: list[dict[str, Any]], context: RunContext
+        self, events: queue.Queue[tuple[str, Any]], state: _RunState, context: RunContext
     ) -> None:
+        fmt = self.output
         while True:
             try:
-                record = records.get_nowait()
+                kind, item = events.get_nowait()
             except queue.Empty:
                 return
-            loss = _loss_of(record)
-            step = record.get("step")
-            is_step = isinstance(step, int) and not isinstance(step, bool)
-            if loss is not None and is_step and context.report is not None and math.isfinite(loss):
-                context.report(step, loss)
-            last[:] = [record]  # the last JSON line is the run's result
+            if kind == "json":
+                reading = reading_of(item, fmt.loss_key, fmt.step_key)
+                if reading is not None and fmt.progress_pattern is None:
+                    state.report(reading, context)
+                state.last_record = item  # the last JSON line is the run's result
+            elif kind == "final":
+                state.final_match = item
+            else:
+                state.report(item, context)
+
+
+class _RunState:
+    """What one run has reported so far (touched by the thread that polls the job)."""
+
+    def __init__(self) -> None:
+        self.last_record: dict[str, Any] | None = None  # the last JSON line on stdout
+        self.final_match: Reading | None = None  # the last match of the loss pattern
+        self.file_final: Reading | None = None  # the last loss in a jsonl/csv metrics file
+        self.last_line: str | None = None  # stdout's last non-empty line (for a hint)
+        self.reported: set[int] = set()
+
+    def report(self, reading: Reading, context: RunContext) -> None:
+        """Pass an intermediate loss on: one per step (the first), finite losses only."""
+        step = reading.step
+        if step is None or step in self.reported or not math.isfinite(reading.loss):
+            return
+        self.reported.add(step)
+        if context.report is not None:
+            context.report(step, reading.loss)
+
+
+class _MetricsFollower:
+    """A JSON-lines or CSV ``{metrics_file}``, read again whenever it changed (at most every
+    :data:`METRICS_POLL` seconds, and once at the end): a file that is rewritten whole (as
+    Lightning's CSV logger does when a new metric appears) is read right."""
+
+    def __init__(self, path: str, fmt: LossFormat) -> None:
+        self.path = path
+        self.fmt = fmt
+        self.seen: tuple[int, int, int] | None = None
+        self.next_poll = 0.0
+        self.problem: str | None = "it was not written (or is not a regular file)"
+
+    def poll(self, state: _RunState, context: RunContext, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self.next_poll:
+            return
+        self.next_poll = now + METRICS_POLL
+        signature = file_signature(self.path)
+        if signature is None or (signature == self.seen and not force):
+            return  # the end reads once more: a last line without a line break counts then
+        self.seen = signature
+        fmt = self.fmt
+        readings, self.problem = read_metrics_file(
+            self.path, fmt.metrics_format, fmt.loss_key, fmt.step_key, running=not force
+        )
+        for reading in readings:
+            state.report(reading, context)
+        if readings:
+            state.file_final = readings[-1]
+
+
+def steps_for(tokens: float, batch_tokens: float) -> int:
+    """``ceil(tokens / batch_tokens)``, at least 1 (a ratio within rounding of a whole number
+    is that number)."""
+    if not (batch_tokens > 0 and math.isfinite(tokens) and tokens > 0):
+        return 1
+    q = tokens / batch_tokens
+    n = round(q)
+    return max(1, n if abs(q - n) <= 1e-9 * max(1.0, q) else math.ceil(q))
+
+
+def fraction_of(steps: int, fraction: float) -> int:
+    """``fraction`` of ``steps``, rounded half up, at least 1 when ``fraction`` is positive
+    and at most ``steps``."""
+    if fraction <= 0:
+        return 0
+    return min(steps, max(1, math.floor(fraction * steps + 0.5)))
+
+
+def _fraction(what: str, value: Any) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (0 <= value <= 1)  # NaN fails this too
+    ):
+        raise SteplawInputError(f"the {what} must be a number in [0, 1], got {_shown(repr(value))}")
+    return float(value)
 
 
 def _number(x: float) -> str:
     return str(round(x)) if abs(x - round(x)) < 1e-9 * max(1.0, abs(x)) else f"{x:.6g}"
-
-
-def _read_metrics(path: str) -> dict[str, Any] | None:
-    """The JSON a job wrote to ``{metrics_file}``, or ``None``. Only a regular file is read
-    (opened without blocking: a FIFO or a link to ``/dev/zero`` must not hang the study), only
-    its last :data:`MAX_METRICS_BYTES`, and bytes that are not UTF-8 are replaced."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        if info.st_size > MAX_METRICS_BYTES:
-            os.lseek(fd, info.st_size - MAX_METRICS_BYTES, os.SEEK_SET)
-        raw = os.read(fd, MAX_METRICS_BYTES)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        value = json.loads(text)
-        return value if isinstance(value, dict) else None
-    except (ValueError, RecursionError):
-        records = [r for r in map(parse_json_line, text.splitlines()) if r is not None]
-        return records[-1] if records else None
 
 
 def _check_workdir(workdir: Any) -> Path | None:
@@ -478,10 +687,33 @@ def worker_objective(study: Any, command: str) -> CommandObjective:
         )
     doc = json.loads(study.user_attrs[ATTR_CONFIG])
     timeout = doc.get("timeout_per_trial")
-    return CommandObjective(
-        command,
+    return command_objective_from_spec(
+        {**doc["objective"], "command": command},  # its own copy of the template
         batch_unit=doc.get("batch_unit", "sequences"),
         timeout=float(timeout) if isinstance(timeout, (int, float)) else None,
+    )
+
+
+def command_objective_from_spec(
+    spec: Mapping[str, Any], *, batch_unit: str = "sequences", timeout: float | None = None
+) -> CommandObjective:
+    """The objective a study's stored spec describes (:meth:`CommandObjective.to_spec`; keys
+    an older version did not write take their defaults), checked as when it was made: a value
+    someone changed in the database is refused in one line."""
+    command = spec.get("command")
+    if not isinstance(command, str):
+        raise SteplawInputError(f"the study's stored command is not text: {_shown(repr(command))}")
+    return CommandObjective(
+        command,
+        batch_unit=batch_unit,
+        timeout=timeout,
+        loss_pattern=spec.get("loss_pattern"),
+        progress_pattern=spec.get("progress_pattern"),
+        metrics_format=spec.get("metrics_format", "json"),
+        loss_key=spec.get("loss_key", "loss"),
+        step_key=spec.get("step_key", "step"),
+        warmup_fraction=spec.get("warmup_fraction", WARMUP_FRACTION),
+        decay_fraction=spec.get("decay_fraction", DECAY_FRACTION),
     )
 
 

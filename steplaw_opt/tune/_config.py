@@ -77,21 +77,50 @@ class TuneConfig:
     _law: Law = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        from steplaw_opt.tune import _checks as c
+
         object.__setattr__(self, "_law", load_law(self.law))
-        if self.batch_unit not in ("sequences", "tokens"):
+        if not isinstance(self.sampler, str) or self.sampler not in SAMPLERS:
             raise SteplawInputError(
-                f"batch_unit must be 'sequences' or 'tokens', got {self.batch_unit!r}"
+                f"unknown sampler {c.show(self.sampler)}; choose plateau or botorch"
             )
-        m = self.batch_multiple
-        if m is not None and (isinstance(m, bool) or m < 1):
-            raise SteplawInputError(f"batch_multiple must be a positive integer, got {m!r}")
-        hb = self.heartbeat_interval
-        if hb is not None and (isinstance(hb, bool) or int(hb) != hb or hb < 1):
+        positive = "a positive integer"
+        timeout = self.timeout_per_trial
+        checked: dict[str, Any] = {  # each field as the plain Python value it stores
+            "budget": c.as_number("budget", self.budget, "a non-negative number"),
+            "n_trials": c.optional_integer("n_trials", self.n_trials, positive, 1),
+            "target_runs": c.as_integer(
+                "target_runs", self.target_runs, "a non-negative integer"
+            ),
+            "seed": c.optional_integer("seed", self.seed, "a non-negative integer", 0),
+            "batch_unit": c.choice("batch_unit", self.batch_unit, ("sequences", "tokens")),
+            "lr_bounds": c.bounds("lr_bounds", self.lr_bounds),
+            "batch_bounds": c.bounds("batch_bounds", self.batch_bounds),
+            "batch_multiple": c.optional_integer(
+                "batch_multiple", self.batch_multiple, positive, 1
+            ),
+            "round_batch": c.rounding(self.round_batch),
+            "smaller_n": c.flag("smaller_n", self.smaller_n),
+            "timeout_per_trial": None
+            if timeout is None
+            else c.as_number("timeout_per_trial", timeout, "a positive number of seconds"),
+            "heartbeat_interval": c.optional_integer(
+                "heartbeat_interval",
+                self.heartbeat_interval,
+                "a whole number of seconds >= 1",
+                1,
+            ),
+        }
+        if checked["timeout_per_trial"] is not None and checked["timeout_per_trial"] <= 0:
             raise SteplawInputError(
-                f"the heartbeat interval must be a whole number of seconds >= 1, got {hb!r}"
+                f"timeout_per_trial must be a positive number of seconds, got {c.show(timeout)}"
             )
-        if self.sampler not in SAMPLERS:
-            raise SteplawInputError(f"unknown sampler {self.sampler!r}; choose plateau or botorch")
+        if self.objective_spec is not None and not isinstance(self.objective_spec, dict):
+            raise SteplawInputError(
+                f"objective_spec must be a dict or None, got {c.show(self.objective_spec)}"
+            )
+        for key, value in checked.items():
+            object.__setattr__(self, key, value)
         check_budget(self.budget, self.n_trials, self.target_runs)
 
     @property

@@ -17,6 +17,8 @@ from steplaw_opt._records import (
     ATTR_BUDGET,
     ATTR_COMPUTE,
     ATTR_FAILURE,
+    ATTR_INTERRUPTED_BY,
+    ATTR_OWNER,
     ATTR_SLOT,
     BATCH_PARAM,
     INTERRUPTED,
@@ -25,22 +27,23 @@ from steplaw_opt._records import (
     NOTE_PREFIX,
     mask_url,
 )
+from steplaw_opt.errors import SteplawInputError, SteplawStorageError
 from steplaw_opt.objectives import Objective, RunContext, TrialFailed
 from steplaw_opt.scale import Scale
+from steplaw_opt.tune import _workers
 from steplaw_opt.tune._config import StudySetup
 from steplaw_opt.tune._plan import run_cost
 from steplaw_opt.tune._result import TrialEvent, TuneResult
 from steplaw_opt.tune._study import best_per_scale, compute_spent
 from steplaw_opt.tune._workers import (
     _RUNNING_HERE,
-    ATTR_INTERRUPTED_BY,
-    ATTR_OWNER,
     Heartbeat,
     all_trials,
     ask,
     check_stop,
     claim_slot,
     deferred_stops,
+    gave_up_on_storage,
     heartbeat_on,
     others_alive,
     owner_record,
@@ -72,7 +75,32 @@ def work(
     """Run the worker loop on an open study, then compute the refined optimum. SIGINT, SIGTERM
     and SIGHUP stop it cleanly (:func:`~steplaw_opt.tune._workers.stop_signals`)."""
     with stop_signals():
-        return _work(study, setup, objective, storage_url, on_trial, callbacks, tracker)
+        try:
+            return _work(study, setup, objective, storage_url, on_trial, callbacks, tracker)
+        except SteplawInputError:
+            raise
+        except Exception as exc:
+            if not gave_up_on_storage(exc):
+                raise  # the objective's own errors too, a database error of its own included
+            # the database stayed away through the retries: one line, not a traceback
+            raise SteplawStorageError(
+                f"the study's storage {mask_url(storage_url)!r} failed and did not recover "
+                f"within {_workers.TRANSIENT_WAIT:g} s of retries: "
+                f"{_storage_message(exc, storage_url)}; the finished trials are kept: run the "
+                "same command again when it answers"
+            ) from None
+
+
+def _storage_message(exc: BaseException, url: str) -> str:
+    """The first line of the database's own error (what caused Optuna's wrapper), masked."""
+    from steplaw_opt._records import mask_secrets
+
+    inner: BaseException = exc
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+    text = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
+    text = mask_secrets(text, url)
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 def _work(
@@ -111,7 +139,9 @@ def _work(
         if tracker is not None:
             tracker.abort(exc)
         raise
-    refined = refined_optimum(study, sampler=setup.sampler, round_batch=setup.config.round_batch)
+    refined = retry_storage(
+        refined_optimum, study, sampler=setup.sampler, round_batch=setup.config.round_batch
+    )
     prediction = law_obj.predict(target)
     out = TuneResult(
         study_name=study.study_name,
@@ -122,7 +152,7 @@ def _work(
         refined=refined,
         n_complete=n_complete,
         n_failed=n_failed,
-        compute_spent=compute_spent(study),
+        compute_spent=retry_storage(compute_spent, study),
         law_lr=float(prediction.lr or 0),
         law_batch_tokens=float(prediction.batch_tokens or 0),
     )
@@ -173,7 +203,7 @@ def run_study(
             with deferred_stops():  # never a trial created but not owned
                 trial = retry_storage(ask, study)
                 _RUNNING_HERE.add(trial._trial_id)
-                trial.set_user_attr(ATTR_OWNER, owner_record(trial.number))
+                retry_storage(trial.set_user_attr, ATTR_OWNER, owner_record(trial.number))
             ran = _run_trial(study, trial, objective, setup, on_trial, best, spent, tracker)
         except BaseException as exc:
             if trial is not None:
@@ -200,10 +230,10 @@ def run_study(
                     phase="end",
                 )
             )
-        frozen = study._storage.get_trial(trial._trial_id)
+        frozen = retry_storage(study._storage.get_trial, trial._trial_id)
         for cb in callbacks:
             cb(study, frozen)
-    trials = study.get_trials(deepcopy=False)
+    trials = retry_storage(study.get_trials, deepcopy=False)
     n_complete = sum(t.state == state.COMPLETE for t in trials)
     n_failed = sum(t.state == state.FAIL for t in trials)
     return n_complete, n_failed
@@ -229,14 +259,13 @@ def _run_trial(
         slot, reason = slot_of(frozen), NO_SLOT
         if slot is None or slot < 0:
             slot = claim_slot(study, trial, schedule)
-            trial.set_user_attr(ATTR_SLOT, -1 if slot is None else slot)
+            retry_storage(trial.set_user_attr, ATTR_SLOT, -1 if slot is None else slot)
         elif slot_taken(retry_storage(all_trials, study), frozen, slot):
             slot, reason = None, "its slot is taken (run, or queued twice)"
         if slot is None:  # another worker took the last one
-            with deferred_stops():
-                trial.set_user_attr(ATTR_COMPUTE, 0.0)  # a re-queued copy carries a cost
-                trial.set_user_attr(ATTR_FAILURE, reason)
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            # a copy carries a cost; a retry after a lost reply finds the trial ended: fine
+            attrs = {ATTR_COMPUTE: 0.0, ATTR_FAILURE: reason}
+            _tell(study, trial, None, attrs, state=optuna.trial.TrialState.PRUNED)
             return None
         if "steplaw.D" in frozen.user_attrs:  # re-queued: the scale it had
             scale = Scale(
@@ -246,13 +275,14 @@ def _run_trial(
             )
         else:
             scale = schedule[slot]
-            trial.set_user_attr("steplaw.N", float(scale.N or 0))
-            trial.set_user_attr("steplaw.D", float(scale.D or 0))
-            trial.set_user_attr("steplaw.seq_len", int(scale.seq_len))
+            retry_storage(trial.set_user_attr, "steplaw.N", float(scale.N or 0))
+            retry_storage(trial.set_user_attr, "steplaw.D", float(scale.D or 0))
+            retry_storage(trial.set_user_attr, "steplaw.seq_len", int(scale.seq_len))
         cost = run_cost(scale, target)
-        trial.set_user_attr(ATTR_COMPUTE, cost)
-        lr = trial.suggest_float(LR_PARAM, *setup.lr_bounds, log=True)
-        batch = trial.suggest_int(BATCH_PARAM, **setup.batch_dist)
+        retry_storage(trial.set_user_attr, ATTR_COMPUTE, cost)
+        # a database error choosing the point (a restart, a lock) is retried, not a traceback
+        lr = retry_storage(trial.suggest_float, LR_PARAM, *setup.lr_bounds, log=True)
+        batch = retry_storage(trial.suggest_int, BATCH_PARAM, **setup.batch_dist)
         started = time.perf_counter()
         key = (float(scale.N or 0), float(scale.D or 0))
         event = dict(
@@ -279,19 +309,22 @@ def _run_trial(
             tracker.trial_started(study, trial.number)
         context = RunContext(
             trial_number=trial.number,
-            report=lambda step, loss, t=trial: t.report(loss, step),
+            report=lambda step, loss, t=trial: retry_storage(t.report, loss, step),
             timeout=setup.config.timeout_per_trial,
             stop_check=check_stop,
         )
         check_stop()  # a stop swallowed while the trial was being set up
-        loss, failure = run_one(objective, lr, batch, scale, context, study, trial)
+        loss, failure, cost = run_one(objective, lr, batch, scale, context, study, trial, cost)
     return event, key, loss, failure, cost, time.perf_counter() - started
 
 
-def _tell(study: Any, trial: Any, value: float | None, attrs: dict[str, Any]) -> bool:
-    """Record the trial's end (its attributes, then COMPLETE with ``value`` or FAIL) without a
-    stop cutting it in half; ``False`` when the trial had already been ended by another
-    process (it stopped beating, was failed and re-queued)."""
+def _tell(
+    study: Any, trial: Any, value: float | None, attrs: dict[str, Any], state: Any = None
+) -> bool:
+    """Record the trial's end (its attributes, then COMPLETE with ``value``, or ``state``: FAIL
+    unless given) without a stop cutting it in half; ``False`` when the trial had already been
+    ended — by another process (it stopped beating, was failed and re-queued), or by this one's
+    own try whose reply the database lost before the retry."""
     import optuna
 
     def write() -> bool:
@@ -299,7 +332,7 @@ def _tell(study: Any, trial: Any, value: float | None, attrs: dict[str, Any]) ->
             for key, v in attrs.items():
                 trial.set_user_attr(key, v)
             if value is None:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL if state is None else state)
             else:
                 study.tell(trial, value)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
@@ -330,6 +363,32 @@ def abandon(study: Any, trial: Any, exc: BaseException) -> None:
         _tell(study, trial, None, attrs)
 
 
+def consumed(cost: float, scale: Scale, notes: dict[str, Any]) -> float:
+    """The compute a run cut short (diverged, stopped early) actually used: its planned
+    ``cost`` times the share of its tokens it recorded training on (``notes["tokens"]``, as
+    the built-in trainer records), at most the plan. A run that records nothing (a command's
+    job that timed out or crashed) counts in full: nothing says how far it got, and counting
+    it whole never reports less spent than was."""
+    tokens, d = notes.get("tokens"), float(scale.D or 0)
+    if (
+        isinstance(tokens, (int, float))
+        and not isinstance(tokens, bool)
+        and math.isfinite(tokens)
+        and tokens >= 0
+        and d > 0
+    ):
+        return float(cost) * min(1.0, float(tokens) / d)
+    return float(cost)
+
+
+def _notes(context: RunContext) -> dict[str, Any]:
+    return {
+        f"{NOTE_PREFIX}{key}": value
+        for key, value in context.notes.items()
+        if isinstance(value, (int, float, str, bool))
+    }
+
+
 def run_one(
     objective: Objective,
     lr: float,
@@ -338,14 +397,18 @@ def run_one(
     context: RunContext,
     study: Any,
     trial: Any,
-) -> tuple[float | None, str | None]:
-    """Run one trial and tell the study; returns (loss, failure reason)."""
+    cost: float = 0.0,
+) -> tuple[float | None, str | None, float]:
+    """Run one trial and tell the study; returns (loss, failure reason, compute used: the
+    planned ``cost``, or what a failed run recorded using, :func:`consumed`)."""
     try:
         loss = objective.run(lr, batch, scale, context)
     except TrialFailed as exc:
-        if not _tell(study, trial, None, {ATTR_FAILURE: exc.reason}):
-            return None, LOST_WHILE_RUNNING
-        return None, exc.reason
+        used = consumed(cost, scale, context.notes)
+        attrs = {**_notes(context), ATTR_FAILURE: exc.reason, ATTR_COMPUTE: used}
+        if not _tell(study, trial, None, attrs):
+            return None, LOST_WHILE_RUNNING, used
+        return None, exc.reason, used
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: the job's group is stopped
         _tell(
             study, trial, None, {ATTR_FAILURE: INTERRUPTED, ATTR_INTERRUPTED_BY: stop_reason(exc)}
@@ -354,15 +417,12 @@ def run_one(
     except BaseException as exc:
         _tell(study, trial, None, {ATTR_FAILURE: f"error: {type(exc).__name__}: {exc}"[:500]})
         raise
-    notes = {
-        f"{NOTE_PREFIX}{key}": value
-        for key, value in context.notes.items()
-        if isinstance(value, (int, float, str, bool))
-    }
+    notes = _notes(context)
     if not math.isfinite(loss):
-        if not _tell(study, trial, None, {**notes, ATTR_FAILURE: "diverged"}):
-            return None, LOST_WHILE_RUNNING
-        return None, "diverged"
+        used = consumed(cost, scale, context.notes)
+        if not _tell(study, trial, None, {**notes, ATTR_FAILURE: "diverged", ATTR_COMPUTE: used}):
+            return None, LOST_WHILE_RUNNING, used
+        return None, "diverged", used
     if not _tell(study, trial, loss, notes):
-        return None, LOST_WHILE_RUNNING
-    return loss, None
+        return None, LOST_WHILE_RUNNING, cost
+    return loss, None, cost

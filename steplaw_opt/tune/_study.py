@@ -17,6 +17,13 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from steplaw_opt._files import (
+    NewFile,
+    create_new_file,
+    folder_lock,
+    opened_elsewhere,
+    remove_new_file,
+)
 from steplaw_opt._records import (
     ATTR_BATCH_UNIT,
     ATTR_BUDGET,
@@ -55,9 +62,13 @@ QUICK_CHECK_MAX_BYTES = 256 * 2**20  # a larger file is not scanned before openi
 # Optuna's tables: an SQLite file that has tables but none of these is someone else's database.
 # (alembic_version is not one: MLflow's mlflow.db has it too.)
 _OPTUNA_TABLES = {"studies", "version_info"}
-# SQLite files this process created for a storage that then failed: removed again, so a typo or
-# a full disk leaves no stray database behind (keyed by the storage object).
-_NEW_FILES: weakref.WeakKeyDictionary[Any, Path] = weakref.WeakKeyDictionary()
+# SQLite files this process created (O_EXCL) for a storage, keyed by the storage object: removed
+# again when the storage or the study then fails, so a typo or a full disk leaves no stray
+# database behind — unless another process has opened it meanwhile (it is theirs too).
+_NEW_FILES: weakref.WeakKeyDictionary[Any, NewFile] = weakref.WeakKeyDictionary()
+# … and, once a study was made in it, until the run that made the study has run a trial.
+_MADE_FILES: weakref.WeakKeyDictionary[Any, NewFile] = weakref.WeakKeyDictionary()
+_SQLITE_COMPANIONS = ("", "-journal", "-wal", "-shm")
 
 
 def _refuse(url: str, why: str) -> SteplawInputError:
@@ -164,14 +175,40 @@ def _engine_kwargs(parsed: Any) -> dict[str, Any]:
     return {}
 
 
-def _forget_new_file(path: Path | None, existed: bool) -> None:
-    """Remove an SQLite file (and its journals) that this process created for a storage that
-    then failed: exit 2 leaves no stray database behind."""
-    if path is None or existed:
-        return
-    for suffix in ("", "-journal", "-wal", "-shm"):
-        with contextlib.suppress(OSError):
-            Path(f"{path}{suffix}").unlink()
+def _forget_new_file(new: NewFile | None, name: str | None = None) -> bool:
+    """Remove an SQLite file (and its journals) this process created for a storage that then
+    failed, so exit 2 leaves no stray database behind — only if it is still the file this
+    process made, no other process has it open, and it holds no study but ``name`` and no
+    trial (another process that created its study there and left keeps it)."""
+    if new is None or not _holds_nothing_else(new.path, name):
+        return False
+    return remove_new_file(new, _SQLITE_COMPANIONS)
+
+
+def _holds_nothing_else(path: Path, name: str | None) -> bool:
+    """Whether the SQLite file at ``path`` holds no study but ``name`` and no trial (a file
+    without tables, or one too damaged to read, holds nothing)."""
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
+    except sqlite3.Error:
+        return True
+    try:
+        tables = {r[0] for r in con.execute("select name from sqlite_master")}
+        studies = (
+            {r[0] for r in con.execute("select study_name from studies")}
+            if "studies" in tables
+            else set()
+        )
+        trials = (
+            con.execute("select count(*) from trials").fetchone()[0] if "trials" in tables else 0
+        )
+    except sqlite3.OperationalError as exc:
+        return "locked" not in str(exc)  # locked: another process is writing it
+    except sqlite3.DatabaseError:
+        return True  # damaged: what this process half-wrote
+    finally:
+        con.close()
+    return not trials and studies <= ({name} if name else set())
 
 
 def make_storage(optuna: Any, url: str, heartbeat_interval: int | None) -> Any:
@@ -187,9 +224,22 @@ def make_storage(optuna: Any, url: str, heartbeat_interval: int | None) -> Any:
         return url
     parsed = storage_url(url)
     path = _sqlite_file(url, parsed) if parsed.get_backend_name() == "sqlite" else None
-    existed = path is not None and path.exists()
-    if path is not None:
+    if path is None:
+        return _open_rdb(optuna, url, parsed, heartbeat_interval, None)
+    # One steplaw-opt process at a time creates or opens an SQLite file in this folder, so one
+    # never initialises (or removes) a file another is initialising.
+    with folder_lock(path.parent if str(path.parent) else Path(".")):
         check_sqlite_file(url, path, create=True)
+        try:
+            new = create_new_file(path) if not path.exists() else None  # None: not this one's
+        except OSError as exc:  # a full disk or quota, a folder made read-only meanwhile
+            raise _refuse(url, f"cannot create {str(path)!r}: {exc.strerror}") from None
+        return _open_rdb(optuna, url, parsed, heartbeat_interval, new)
+
+
+def _open_rdb(
+    optuna: Any, url: str, parsed: Any, heartbeat_interval: int | None, new: NewFile | None
+) -> Any:
     kwargs: dict[str, Any] = {"engine_kwargs": _engine_kwargs(parsed)}
     try:
         with warnings.catch_warnings():
@@ -205,10 +255,10 @@ def make_storage(optuna: Any, url: str, heartbeat_interval: int | None) -> Any:
                 )
             storage = optuna.storages.RDBStorage(url, **kwargs)
     except Exception as exc:  # sqlalchemy / the driver: refused connection, disk full, …
-        _forget_new_file(path, existed)
+        _forget_new_file(new)
         raise _refuse(url, _first_line(exc, url)) from None
-    if path is not None and not existed:
-        _NEW_FILES[storage] = path
+    if new is not None:
+        _NEW_FILES[storage] = new
     return storage
 
 
@@ -272,19 +322,22 @@ def open_study(
         if isinstance(exc, SteplawInputError) or not isinstance(exc, Exception):
             raise
         raise SteplawInputError(f"cannot open storage {label!r}: {_first_line(exc, url)}") from None
-    _NEW_FILES.pop(backend, None)  # made and recorded: it is the user's study now
+    new = _NEW_FILES.pop(backend, None)  # made and recorded: the user's study, once it runs
+    if new is not None:
+        _MADE_FILES[backend] = new
     return study
 
 
 def _undo(optuna: Any, storage: Any, backend: Any, name: str, fresh: bool) -> None:
     """After a failed open: remove the database file this process created, or else the empty
     study it made (never a study that holds anything)."""
-    path = _NEW_FILES.pop(backend, None)
-    if path is not None:
+    new = _NEW_FILES.pop(backend, None)
+    if new is not None:
         with contextlib.suppress(Exception):
             backend.engine.dispose()  # close the file before removing it
-        _forget_new_file(path, existed=False)
-        return
+        with folder_lock(new.path.parent):  # not while another process opens it
+            if _forget_new_file(new, name):
+                return
     if not fresh:
         return
     with contextlib.suppress(Exception):  # the storage may be what failed: nothing to undo
@@ -345,8 +398,11 @@ def best_per_scale(study: Any) -> dict[tuple[float, float], float]:
 
 
 def compute_spent(study: Any) -> float:
-    """Compute of the study's finished runs, in target-run equivalents (interrupted runs are
-    run again, so they do not count)."""
+    """Compute of the study's finished runs, in target-run equivalents: each run's
+    ``steplaw.compute``, which is its planned cost, or for a run cut short (diverged, stopped
+    early) the share it recorded using (:func:`~steplaw_opt.tune._loop.consumed`: the tokens
+    it notes having trained on; a run that records none counts in full). Pruned copies of a
+    slot count nothing; interrupted runs are run again, so they do not count."""
     return float(
         sum(
             t.user_attrs.get(ATTR_COMPUTE, 0.0)
@@ -354,3 +410,66 @@ def compute_spent(study: Any) -> float:
             if t.user_attrs.get(ATTR_FAILURE) != INTERRUPTED and t.state.is_finished()
         )
     )
+
+
+def discard_new_study(optuna: Any, study: Any, *, shared: bool = False) -> None:
+    """The run that made ``study`` stopped before any trial (MLflow refused, a full disk, a
+    stop): remove the empty study, and the SQLite file this process created for it when no
+    other process has opened it and it holds nothing else. A study with any trial is kept, and
+    so is one another process may have joined meanwhile: one made for workers (``shared``:
+    ``create_only``), one in an SQLite file this process created that another process on this
+    machine has open, and one elsewhere (a server, a journal, an SQLite file that was there)
+    with heartbeats (their trials, which would name their owners, may not be made yet). An
+    empty study left behind is harmless; deleting one in use is not."""
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)
+    new = _MADE_FILES.pop(backend, None)
+    url = str(getattr(backend, "url", ""))
+    path: Path | None = None
+    if url.startswith("sqlite"):
+        with contextlib.suppress(Exception):
+            path = _sqlite_file(url, storage_url(url))
+    if path is None and isinstance(backend, optuna.storages.InMemoryStorage):
+        with contextlib.suppress(Exception):  # nobody else can see it
+            if not study.get_trials(deepcopy=False):
+                optuna.delete_study(study_name=study.study_name, storage=storage)
+        return
+    if path is None:  # a server or a journal: others cannot be seen joining
+        if shared or _heartbeats(storage):
+            return
+        with contextlib.suppress(Exception):
+            if not study.get_trials(deepcopy=False):
+                optuna.delete_study(study_name=study.study_name, storage=storage)
+        return
+    # SQLite: steplaw-opt processes open the file under the folder lock and keep it open, so
+    # with the lock held, one that joined is seen (/proc), and none joins before the delete
+    with folder_lock(path.parent):
+        if shared:
+            return
+        if new is not None:
+            if opened_elsewhere(new):
+                return
+        elif _heartbeats(storage):  # a file that was there: others may have it open for their
+            return  # own studies, so an open says nothing; heartbeats mean workers may join
+        with contextlib.suppress(Exception):  # the storage may be what failed: nothing to undo
+            if study.get_trials(deepcopy=False):
+                return
+            optuna.delete_study(study_name=study.study_name, storage=storage)
+        if new is not None:
+            with contextlib.suppress(Exception):
+                backend.engine.dispose()  # close the file before removing it
+            _forget_new_file(new)
+
+
+def _heartbeats(storage: Any) -> bool:
+    with contextlib.suppress(Exception):
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+
+        return bool(is_heartbeat_enabled(storage))
+    return True  # cannot tell: as if on
+
+
+def keep_new_study(study: Any) -> None:
+    """A trial ran: the study (and the file made for it) is the user's now."""
+    storage = study._storage
+    _MADE_FILES.pop(getattr(storage, "_backend", storage), None)

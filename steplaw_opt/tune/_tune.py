@@ -25,15 +25,16 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from steplaw_opt._records import ATTR_CONFIG, mask_url, study_target
+from steplaw_opt._files import folder_lock
+from steplaw_opt._records import ATTR_CONFIG, ATTR_OBJECTIVE, mask_url, study_target
 from steplaw_opt.errors import SteplawInputError
 from steplaw_opt.objectives import Objective
 from steplaw_opt.priors import Law
@@ -46,6 +47,8 @@ from steplaw_opt.tune._result import TrialEvent, TuneResult
 from steplaw_opt.tune._study import (
     DEFAULT_STORAGE,
     default_study_name,
+    discard_new_study,
+    keep_new_study,
     load_tuned_study,
     make_storage,
     open_study,
@@ -165,14 +168,28 @@ def tune(
         {**config.to_dict(), "allowed_tokens": allowed_tokens},
         objective_identity(objective, config.objective_spec),
     )
-    if create_only:
-        if tracker is not None:
-            tracker.start(study, sampler=setup.sampler, plan=setup.plan,
-                          storage=mask_url(storage_url), law=law_obj, budget=config.budget,
-                          objective=objective.name)  # fmt: skip
-            tracker.schedule()
+    result: TuneResult | None = None
+    try:
+        if create_only:
+            if tracker is not None:
+                tracker.start(study, sampler=setup.sampler, plan=setup.plan,
+                              storage=mask_url(storage_url), law=law_obj, budget=config.budget,
+                              objective=objective.name)  # fmt: skip
+                tracker.schedule()
+        else:
+            result = work(study, setup, objective, storage_url, on_trial, callbacks, tracker)
+    except BaseException:
+        if _MADE_HERE.pop(_backend(study), None):
+            # stopped before its first trial (MLflow refused, a full disk, Ctrl-C): nothing
+            # of this run is left — no empty study, no database file it created (unless
+            # another process may have joined it meanwhile: then it stays)
+            discard_new_study(optuna, study, shared=create_only)
+        raise
+    # made and, for workers, handed over: the study (and its file) is the user's now
+    _MADE_HERE.pop(_backend(study), None)
+    keep_new_study(study)
+    if result is None:  # create_only
         return None
-    result = work(study, setup, objective, storage_url, on_trial, callbacks, tracker)
     if refit_path is not None:
         result.extras["refit_law"] = write_refit_law(
             study, law_obj, target, config.batch_unit, refit_path
@@ -234,8 +251,10 @@ def objective_from_spec(spec: Any, config: TuneConfig) -> Objective:
         )
     kind, unit = spec["kind"], config.batch_unit
     if kind == "command":
-        return objectives.CommandObjective(
-            spec["command"], batch_unit=unit, timeout=config.timeout_per_trial
+        from steplaw_opt.objectives._command import command_objective_from_spec
+
+        return command_objective_from_spec(
+            spec, batch_unit=unit, timeout=config.timeout_per_trial
         )
     if kind == "replay":
         if not Path(spec["grid"]).exists():
@@ -285,7 +304,6 @@ def write_refit_law(
 
 
 # ------------------------------------------------------------------ the study's own settings
-ATTR_OBJECTIVE = "steplaw.objective"  # study user attribute: what the study tunes
 # The settings that make the plan and the search space: a study runs with the ones it was made
 # with, or not at all (a resume may change the sampler, the seed, the timeout, the rounding).
 PLAN_KEYS = (
@@ -317,7 +335,7 @@ def objective_identity(objective: Objective, spec: dict[str, Any] | None) -> dic
     from steplaw_opt.objectives import CallableObjective, CommandObjective, GridReplayObjective
 
     if isinstance(objective, CommandObjective):
-        return {"kind": "command", "what": objective.template, "key": objective.template}
+        return {"kind": "command", "what": objective.template, "key": objective.identity_key()}
     if isinstance(objective, GridReplayObjective):
         grid = spec.get("grid") if isinstance(spec, dict) and spec.get("kind") == "replay" else None
         digest = hashlib.sha256()
@@ -383,29 +401,26 @@ def check_settings(
             )
 
 
-@contextlib.contextmanager
-def _creation_lock(url: str) -> Iterator[None]:
-    """An exclusive lock on an SQLite storage's folder (``flock``, no file written), so that
-    processes opening one new database at once make its tables one after the other instead
-    of racing each other; any other storage, or a folder that cannot be locked: no lock."""
+def _creation_lock(url: str) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on an SQLite storage's folder (``flock``, no file written; the one
+    :func:`~steplaw_opt.tune._study.make_storage` takes too, re-entrant), so that processes
+    opening one new database at once make its tables one after the other instead of racing
+    each other; any other storage, or a folder that cannot be locked: no lock."""
     path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
     folder = Path(path).parent if path and not path.startswith(":") else None
-    fd = None
-    try:
-        import fcntl
+    if folder is None or not folder.is_dir():
+        return contextlib.nullcontext()
+    return folder_lock(folder)
 
-        if folder is not None and folder.is_dir():
-            fd = os.open(folder, os.O_RDONLY)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-    except (ImportError, OSError):  # Windows, a file system without locks
-        if fd is not None:
-            os.close(fd)
-        fd = None
-    try:
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)  # releases the lock
+
+# Studies open_shared_study created (keyed by their storage backend): tune() removes one again
+# when it stops before its first trial.
+_MADE_HERE: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _backend(study: Any) -> Any:
+    storage = study._storage
+    return getattr(storage, "_backend", storage)
 
 
 def _race(exc: BaseException) -> bool:
@@ -425,6 +440,31 @@ def _stored_config(study: Any) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     return doc if isinstance(doc, dict) else None
+
+
+# How a command's losses are read (LossFormat.to_dict): not part of what the study tunes, so a
+# resume may change them (a fixed --loss-pattern), and workers started after it read its way.
+READING_KEYS = ("loss_pattern", "progress_pattern", "metrics_format", "loss_key", "step_key")
+
+
+def _update_reading(study: Any, stored: dict[str, Any], doc: dict[str, Any]) -> None:
+    """A resume of a command study (same template: :func:`check_settings` passed) that reads
+    the losses another way: store its reading settings, so ``steplaw-opt worker`` rebuilds the
+    objective as this run reads it, not as the study was first made (workers already running
+    keep theirs until they restart)."""
+    theirs, mine = stored.get("objective"), doc.get("objective")
+    if not (
+        isinstance(theirs, dict)
+        and isinstance(mine, dict)
+        and theirs.get("kind") == mine.get("kind") == "command"
+        and theirs.get("command") == mine.get("command")
+    ):
+        return
+    new = {key: mine.get(key) for key in READING_KEYS if key in mine}
+    if all(theirs.get(key) == value for key, value in new.items()):
+        return
+    updated = {**stored, "objective": {**theirs, **new}}
+    study.set_user_attr(ATTR_CONFIG, json.dumps(updated, default=float))
 
 
 def open_shared_study(
@@ -450,6 +490,7 @@ def open_shared_study(
                 storage = make_storage(optuna, url, hb)  # a bad URL: one line from there
                 made = optuna.create_study(storage=storage, study_name=name, direction="minimize")
             storage = made._storage  # one engine from here on
+            _MADE_HERE[_backend(made)] = name
             # before the settings, which those joining wait for: they then see both
             made.set_user_attr(ATTR_OBJECTIVE, identity)
             break
@@ -488,6 +529,8 @@ def open_shared_study(
         study.set_user_attr(ATTR_OBJECTIVE, identity)
     stored = _stored_config(study)
     check_settings(name, stored or {}, doc, theirs, identity)
+    if stored is not None:
+        _update_reading(study, stored, doc)
     if stored is not None and hb is None and stored.get("heartbeat_interval"):
         # a study made for workers: beat like them, so they see this process's trials live
         storage = make_storage(optuna, url, int(stored["heartbeat_interval"]))

@@ -33,7 +33,15 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from steplaw_opt._records import ATTR_FAILURE, ATTR_SLOT, BATCH_PARAM, INTERRUPTED, LR_PARAM
+from steplaw_opt._records import (
+    ATTR_FAILURE,
+    ATTR_LOST,
+    ATTR_OWNER,
+    ATTR_SLOT,
+    BATCH_PARAM,
+    INTERRUPTED,
+    LR_PARAM,
+)
 from steplaw_opt.scale import Scale
 
 DEFAULT_HEARTBEAT = 10  # seconds, for the CLI's shared studies
@@ -43,10 +51,8 @@ CLAIM_WAIT = 60.0  # seconds a new trial waits for older trials to claim their s
 OWNERLESS_AFTER = 30.0
 TRANSIENT_WAIT = 30.0  # seconds a storage that went away (a database restarting) is retried
 
-# Trial user attributes written here (the others are named in steplaw_opt._records).
-ATTR_OWNER = "steplaw.owner"  # the process running the trial (owner_record)
-ATTR_INTERRUPTED_BY = "steplaw.interrupted_by"  # what stopped an "interrupted" trial: SIGTERM…
-ATTR_LOST = "steplaw.lost"  # why a RUNNING trial was found dead and re-queued
+# The trial attributes written here (ATTR_OWNER, ATTR_INTERRUPTED_BY, ATTR_LOST) are named in
+# steplaw_opt._records beside the others.
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _RUNNING_HERE: set[int] = set()  # ids of the trials this process is running now
@@ -445,15 +451,31 @@ def transient_storage_error(exc: BaseException | None) -> bool:
     return False
 
 
-def retry_storage(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)``, tried again for up to :data:`TRANSIENT_WAIT` seconds while the storage is
-    away (:func:`transient_storage_error`); other errors, and a storage away longer, are raised."""
+_GAVE_UP = "_steplaw_storage_gave_up"
+
+
+def gave_up_on_storage(exc: BaseException) -> bool:
+    """Whether ``exc`` is a storage error :func:`retry_storage` retried for
+    :data:`TRANSIENT_WAIT` seconds and gave up on."""
+    return bool(getattr(exc, _GAVE_UP, False))
+
+
+def retry_storage(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, tried again with a growing pause (0.25 s, doubling, at most
+    4 s) for up to :data:`TRANSIENT_WAIT` seconds while the storage is away
+    (:func:`transient_storage_error`); other errors, and a storage away longer, are raised —
+    the latter marked (:func:`gave_up_on_storage`), so that only it is reported as a storage
+    that did not recover, never an error of the objective's own that looks like one."""
     deadline, delay = time.monotonic() + TRANSIENT_WAIT, 0.25
     while True:
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except Exception as exc:
-            if not transient_storage_error(exc) or time.monotonic() + delay > deadline:
+            if not transient_storage_error(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                with contextlib.suppress(Exception):  # an exception that takes no attribute
+                    setattr(exc, _GAVE_UP, True)
                 raise
             time.sleep(delay)
             delay = min(2 * delay, 4.0)

@@ -1,0 +1,204 @@
+"""The nanoGPT recipe (examples/nanogpt/) end to end: its template and patterns, through a real
+``steplaw-opt tune`` and a worker, on a stand-in for nanoGPT's train.py (tests/fake_nanogpt.py,
+same command line, configurator checks and log lines); and its README shows the same command."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import shlex
+import sys
+
+import pytest
+
+from steplaw_opt import Scale
+from steplaw_opt.objectives import CommandObjective, RunContext, TrialFailed
+from steplaw_opt.objectives._command import fraction_of
+from tests.conftest import REPO, run_cli
+
+FAKE = REPO / "tests" / "fake_nanogpt.py"
+
+
+def _recipe():  # examples/ is not a package
+    spec = importlib.util.spec_from_file_location("recipe", REPO / "examples/nanogpt/recipe.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+recipe = _recipe()
+FAKE_TEMPLATE = recipe.TEMPLATE.replace(
+    recipe.TRAIN, f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE))}", 1
+)
+assert FAKE_TEMPLATE != recipe.TEMPLATE
+
+
+def console_commands(text: str) -> list[list[str]]:
+    """The ``$ steplaw-opt …`` commands of a Markdown page's console blocks, split as the shell
+    splits them."""
+    out = []
+    for block in re.findall(r"```console\n(.*?)```", text, flags=re.S):
+        joined = block.replace("\\\n", " ")
+        for line in joined.splitlines():
+            if line.startswith("$ steplaw-opt"):
+                out.append(shlex.split(line[2:]))
+    return out
+
+
+def test_the_readme_shows_the_recipe_exactly():
+    commands = console_commands((REPO / "examples/nanogpt/README.md").read_text())
+    assert ["steplaw-opt", "tune", *recipe.tune_args()] in commands
+
+
+def test_print_gives_the_same_command(capsys):
+    recipe.main(["--print", "--budget", "0.5"])
+    printed = shlex.split(capsys.readouterr().out)
+    assert printed == ["steplaw-opt", "tune", *recipe.tune_args(), "--budget", "0.5"]
+
+
+def test_the_template_fills_nanogpt_overrides_with_rescaled_lengths():
+    obj = CommandObjective(recipe.TEMPLATE, warmup_fraction=0.05)
+    scale = Scale(N=786e3, D=96e3, seq_len=64)
+    command = obj.render(3e-3, 31, scale, 0, "/tmp/steplaw-trial-x/metrics.json")
+    args = dict(a[2:].split("=", 1) for a in shlex.split(command) if a.startswith("--"))
+    # 96k tokens / (31 sequences × 64 tokens) = 48.4 → 49 iterations; warmup 5 %; decay to the end
+    assert args["max_iters"] == "49" and args["eval_interval"] == "49"
+    assert args["warmup_iters"] == "2" and args["lr_decay_iters"] == "49"
+    assert args["batch_size"] == "31" and args["block_size"] == "64"
+    assert args["gradient_accumulation_steps"] == "1"
+    assert args["learning_rate"] == "0.003" and args["out_dir"] == "/tmp/steplaw-trial-x"
+
+
+def _objective(**kw) -> CommandObjective:
+    return CommandObjective(
+        FAKE_TEMPLATE,
+        loss_pattern=recipe.LOSS_PATTERN,
+        progress_pattern=recipe.PROGRESS_PATTERN,
+        warmup_fraction=0.05,
+        **kw,
+    )
+
+
+def test_one_run_reads_the_last_val_loss_and_the_iter_losses():
+    reports: list[tuple[int, float]] = []
+    ctx = RunContext(trial_number=3, report=lambda s, x: reports.append((s, x)))
+    loss = _objective().run(3e-3, 16, Scale(N=786e3, D=96e3, seq_len=64), ctx)
+    steps = ctx.notes["steps"]
+    assert steps == 94 and ctx.notes["loss_step"] == 94  # the final evaluation
+    assert [s for s, _ in reports] == list(range(0, 95, 10))  # log_interval=10
+    assert 1.4 < loss < reports[0][1]  # trained: below the first iteration's loss
+
+
+def test_a_run_that_blows_up_is_diverged():
+    with pytest.raises(TrialFailed, match=r"^diverged$"):
+        _objective().run(0.2, 16, Scale(N=786e3, D=96e3, seq_len=64), RunContext())
+
+
+def test_an_eval_interval_that_misses_the_end_is_refused_not_read_as_step_0():
+    template = FAKE_TEMPLATE.replace("--eval_interval={steps}", "--eval_interval=250")
+    obj = CommandObjective(
+        template, loss_pattern=recipe.LOSS_PATTERN, progress_pattern=recipe.PROGRESS_PATTERN
+    )
+    with pytest.raises(TrialFailed, match="final loss is from step 0, but the run went on"):
+        obj.run(3e-3, 16, Scale(N=786e3, D=96e3, seq_len=64), RunContext())
+
+
+def test_the_fake_refuses_what_nanogpt_refuses():
+    # nanoGPT's configurator: an unknown key, or a value of another type, stops train.py
+    bad = FAKE_TEMPLATE.replace("--log_interval=10", "--log_every=10")
+    with pytest.raises(TrialFailed, match=r"exit code 1.*Unknown config key"):
+        CommandObjective(bad, loss_pattern=recipe.LOSS_PATTERN).run(
+            3e-3, 16, Scale(N=786e3, D=96e3, seq_len=64), RunContext()
+        )
+
+
+def test_tune_and_a_worker_run_the_recipe_end_to_end(tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'nanogpt.db'}"
+    study = ["--study-name", "nanogpt", "--storage", storage]
+    base = [*recipe.tune_args(FAKE_TEMPLATE, study), "--no-mlflow", "--json", "--seed", "0"]
+    # a study made for workers stores the template, the patterns and the warmup fraction
+    made = run_cli("tune", *base, "--n-trials", "4", "--create-only", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr[-2000:]
+    worker = run_cli(
+        "worker", *study, "--command", FAKE_TEMPLATE, "--no-mlflow", "--json", cwd=tmp_path
+    )
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    assert json.loads(worker.stdout)["n_complete"] == 4
+    trials = optuna.load_study(study_name="nanogpt", storage=storage).trials
+    assert len(trials) == 4
+    for t in trials:
+        steps = t.user_attrs["steplaw.note.steps"]
+        assert t.user_attrs["steplaw.note.loss_step"] == steps
+        command = t.user_attrs["steplaw.note.command"]
+        assert f"--max_iters={steps} " in command  # the worker used the stored 5 % warmup
+        assert f"--warmup_iters={fraction_of(steps, 0.05)} " in command
+        assert sorted(t.intermediate_values) == list(range(0, steps + 1, 10))
+        assert 1.4 < t.value < 4.2
+    # and `tune` itself, resuming the same study, reads the same way (nothing left to run)
+    again = run_cli("tune", *base, "--n-trials", "4", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout)["n_complete"] == 4
+
+
+def _overrides(command: str) -> dict[str, str]:
+    return dict(a[2:].split("=", 1) for a in shlex.split(command) if a.startswith("--"))
+
+
+def test_the_checkpoint_nanogpt_saves_anyway_lands_in_the_trial_folder_and_goes_with_it(
+    tmp_path, monkeypatch
+):
+    # nanoGPT saves ckpt.pt whenever the val loss improves after iteration 0, even with
+    # --always_save_checkpoint=False: it must go to {trial_dir} (under $TMPDIR), and go with it
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    seen: list[list[str]] = []
+
+    def report(step: int, loss: float) -> None:  # the last iter line: after the save
+        if step == 100:
+            seen.append(sorted(str(p) for p in tmp_path.glob("steplaw-trial-*/ckpt.pt")))
+
+    ctx = RunContext(report=report)
+    _objective().run(3e-3, 16, Scale(N=786e3, D=100 * 16 * 64, seq_len=64), ctx)
+    assert ctx.notes["steps"] == 100
+    out_dir = _overrides(ctx.notes["command"])["out_dir"]
+    assert seen == [[f"{out_dir}/ckpt.pt"]], (seen, out_dir)
+    assert out_dir.startswith(str(tmp_path)) and not (tmp_path / out_dir).exists()
+    assert list(tmp_path.iterdir()) == []  # the trial folder and its checkpoint are gone
+
+
+@pytest.mark.parametrize(
+    ("tokens", "fractions"),
+    [(16 * 64, (0.05, 1.0)), (10 * 16 * 64, (0.5, 0.5)), (10 * 16 * 64, (0.0, 0.0))],
+    ids=["one step", "equal fractions", "both zero"],
+)
+def test_decay_steps_stay_past_warmup_so_nanogpt_never_divides_by_zero(tokens, fractions):
+    warmup_fraction, decay_fraction = fractions
+    obj = CommandObjective(
+        FAKE_TEMPLATE,
+        loss_pattern=recipe.LOSS_PATTERN,
+        progress_pattern=recipe.PROGRESS_PATTERN,
+        warmup_fraction=warmup_fraction,
+        decay_fraction=decay_fraction,
+    )
+    ctx = RunContext()
+    loss = obj.run(3e-3, 16, Scale(N=786e3, D=tokens, seq_len=64), ctx)  # no ZeroDivisionError
+    args = _overrides(ctx.notes["command"])
+    assert int(args["lr_decay_iters"]) == int(args["warmup_iters"]) + 1
+    assert math.isfinite(loss)
+
+
+def test_a_wsd_cooldown_shorter_than_the_warmup_is_left_as_asked():
+    obj = CommandObjective(
+        "train --warmup {warmup_steps} --cooldown {decay_steps} --steps {steps}",
+        warmup_fraction=0.1,
+        decay_fraction=0.05,
+    )
+    assert obj.schedule_steps(100) == (10, 5)
+    only_decay = CommandObjective("train --decay {decay_steps}", decay_fraction=0.0)
+    assert only_decay.schedule_steps(100) == (10, 0)  # one placeholder: nothing to keep apart
