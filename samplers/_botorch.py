@@ -318,8 +318,13 @@ class BoTorchPlateauSampler(PlateauSampler):
     Use it where the landscape may not be a clean bowl (a new architecture or optimiser, an
     unstable edge at high learning rate): with few points it behaves like the bowl, with many
     the GP bends to the data. It takes every argument of
-    :class:`~steplaw_opt.samplers.PlateauSampler`, with the same defaults, and writes the same
-    trial attributes (so one replaces the other), plus five of its own.
+    :class:`~steplaw_opt.samplers.PlateauSampler`, with the same defaults but three, and writes
+    the same trial attributes (so one replaces the other), plus five of its own. The three keep
+    PlateauSampler's earlier defaults, ``acquisition="ei"``, ``n_coarse=8``, ``resolution=0.15``:
+    the bowl only maps the plateau here, and the GP, which chooses after it, refines a
+    continuous bottom by expected improvement from a longer lattice at a finer radius (with
+    PlateauSampler's new defaults its best of 10 runs on the ``banana`` fixture of
+    tests/test_botorch_sampler.py went from 0.012 % to 0.044 %).
 
     Args:
         scale: the target scale (N, D, seq_len); as PlateauSampler's, and so are the

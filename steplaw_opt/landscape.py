@@ -37,6 +37,16 @@ predicts, over runs where that prediction exceeds the noise — multiplies the c
 weights' gap scale and the cut (:func:`estimate_curvature_scale`); on the released grids it
 stays at 1 and the benchmark is unchanged.
 
+**Asymmetry.** The released grids rise faster towards high learning rates (where training
+diverges) than towards low ones: a cubic term :math:`k (u - u_\mathrm{ref})^3` fitted with the
+quadratic on each grid has k > 0 in 16 of 17 settings (``scripts/fit_landscape.py``). The bowl
+carries it, with a prior on k from those fits, centred on the symmetric bowl's bottom
+:math:`u_\mathrm{ref}` (a first, symmetric fit), where the curvature prior was measured. The
+term stays linear in θ, so the fit stays closed form, and so does the bottom
+(:class:`BowlPosterior`). Without it a symmetric bowl puts its bottom on the flat side: fitted
+to each whole released grid, 0.15 ln units of lr below where a Gaussian-process smoother of
+the same grid does (0.06 below a cubic smoother's; ``scripts/bowl_floor.py``).
+
 The optimum's posterior is that of :math:`-\tfrac12 A^{-1} b` under :math:`\theta`'s posterior,
 sampled (Thompson sampling draws one sample), with :math:`A` projected onto the positive-definite
 cone by clipping its eigenvalues at a floor.
@@ -61,11 +71,13 @@ else:  # pragma: no cover
 
 @dataclass(frozen=True)
 class BowlPrior:
-    """Prior on the bowl's curvature and the model's noise, in ln-loss units.
+    r"""Prior on the bowl's curvature and the model's noise, in ln-loss units.
 
     ``h_mean``/``h_sd``: (H_uu, H_uv, H_vv) per unit² of (u, v); ``noise_sd``: the scatter of
     ln L around the bowl near the optimum (measurement noise plus misfit); ``tau``, ``cut``:
-    gap scale of the weights and the gap beyond which points are left out.
+    gap scale of the weights and the gap beyond which points are left out; ``k_mean``/``k_sd``:
+    the prior of the asymmetry term :math:`k (u - u_\mathrm{ref})^3` per unit³ (``k_sd = 0``:
+    a symmetric bowl).
     """
 
     h_mean: np.ndarray
@@ -79,6 +91,9 @@ class BowlPrior:
     # The law's error as a scale mixture: w* ~ Σ_c p_c N(μ, c·Σ) (see fit_bowl).
     law_widths: tuple[float, ...] = (1.0,)
     law_weights: tuple[float, ...] = (1.0,)
+    # The cliff's asymmetry: k (u − u_ref)³ with k ~ N(k_mean, k_sd²); k_sd = 0 leaves it out.
+    k_mean: float = 0.0
+    k_sd: float = 0.0
 
     @property
     def H0(self) -> np.ndarray:
@@ -105,6 +120,8 @@ class BowlPrior:
             wide_cut=self.wide_cut * kappa,
             law_widths=self.law_widths,
             law_weights=self.law_weights,
+            k_mean=self.k_mean * kappa,
+            k_sd=self.k_sd * kappa,
         )
 
 
@@ -123,6 +140,8 @@ def _default_bowl_prior() -> BowlPrior:
         wide_cut=float(data.get("wide_cut", 0.05)),
         law_widths=tuple(float(x) for x in data.get("law_error_widths", [1.0])),
         law_weights=tuple(float(x) for x in data.get("law_error_weights", [1.0])),
+        k_mean=float(data.get("k_mean", 0.0)),
+        k_sd=float(data.get("k_sd", 0.0)),
     )
 
 
@@ -157,31 +176,60 @@ def estimate_curvature_scale(
     return float(np.clip(np.median(ratios), 1.0, 1e3))
 
 
-def features(w: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """Design matrix rows ``[onehot(group), u, v, u², 2uv, v²]``."""
+def features(
+    w: np.ndarray, groups: np.ndarray, n_groups: int, u_ref: float | None = None
+) -> np.ndarray:
+    """Design matrix rows ``[onehot(group), u, v, u², 2uv, v²]``, and ``(u − u_ref)³`` when the
+    bowl has an asymmetry term (``u_ref`` not None)."""
     w = np.atleast_2d(w)
     u, v = w[:, 0], w[:, 1]
     onehot = np.zeros((len(w), n_groups))
     onehot[np.arange(len(w)), groups] = 1.0
-    return np.column_stack([onehot, u, v, u * u, 2 * u * v, v * v])
+    cols = [onehot, u, v, u * u, 2 * u * v, v * v]
+    if u_ref is not None:
+        cols.append((u - u_ref) ** 3)
+    return np.column_stack(cols)
 
 
 def project_pd(a: np.ndarray, floor: float) -> np.ndarray:
     """Clip the eigenvalues of symmetric 2×2 matrices (``…×2×2``) at ``floor``."""
+    # The smaller eigenvalue in closed form: most matrices need no clipping, and the sampler
+    # projects thousands of posterior draws per proposal.
+    half_trace = 0.5 * (a[..., 0, 0] + a[..., 1, 1])
+    radius = np.hypot(0.5 * (a[..., 0, 0] - a[..., 1, 1]), a[..., 0, 1])
+    if np.all(half_trace - radius >= floor):
+        return a
     vals, vecs = np.linalg.eigh(a)
     vals = np.maximum(vals, floor)
     return np.einsum("...ij,...j,...kj->...ik", vecs, vals, vecs)
 
 
+# How far from its reference the asymmetric bowl's bottom may lie (ln units): beyond it the
+# cubic term, fitted near the reference, is an extrapolation.
+ASYMMETRY_REACH = 1.0
+
+
 @dataclass(frozen=True)
 class BowlPosterior:
-    """The Gaussian posterior over θ, and what follows from it."""
+    r"""The Gaussian posterior over θ, and what follows from it.
+
+    With an asymmetry term (``u_ref`` not None) the bowl is
+    :math:`c' + b^\top w + w^\top A w + k (u - u_\mathrm{ref})^3`. Its bottom is closed form:
+    minimising over v first leaves :math:`f(u) = \beta u + \alpha u^2 + k (u - u_\mathrm{ref})^3`
+    with :math:`\alpha = A_{uu} - A_{uv}^2 / A_{vv}`, :math:`\beta = b_u - A_{uv} b_v / A_{vv}`,
+    and :math:`f'(u) = 0` is a quadratic in :math:`t = u - u_\mathrm{ref}` whose root with
+    :math:`f'' > 0` is :math:`t = -2 c_0 / (2\alpha + \sqrt{4\alpha^2 - 12 k c_0})`,
+    :math:`c_0 = \beta + 2 \alpha u_\mathrm{ref}` (stable as k → 0, where it is the symmetric
+    bowl's bottom); :math:`v^* = -(b_v + 2 A_{uv} u^*) / (2 A_{vv})`.
+    """
 
     mean: np.ndarray
     cov: np.ndarray
     n_groups: int
     min_eig: float
     width_weights: tuple[float, ...] = (1.0,)  # posterior weight of each law_widths entry
+    u_ref: float | None = None  # centre of the asymmetry term (None: a symmetric bowl)
+    window: tuple[float, float] = (0.01, 0.05)  # the (τ, cut) of the weights the fit used
 
     def _split(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         g = self.n_groups
@@ -196,14 +244,39 @@ class BowlPosterior:
         )
         return c, b, a
 
+    def _k(self, theta: np.ndarray) -> np.ndarray:
+        if self.u_ref is None:
+            return np.zeros(theta.shape[:-1])
+        return theta[..., self.n_groups + 5]
+
+    def _bottom(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(w*, local A) of bowls θ (``…×k``): the bottom and the curvature matrix there."""
+        _, b, a = self._split(theta)
+        a = project_pd(a, self.min_eig)
+        if self.u_ref is None:
+            return -0.5 * np.linalg.solve(a, b[..., None])[..., 0], a
+        k = self._k(theta)
+        auu, auv, avv = a[..., 0, 0], a[..., 0, 1], a[..., 1, 1]
+        alpha = auu - auv**2 / avv  # > 0: a is positive definite
+        beta = b[..., 0] - auv * b[..., 1] / avv
+        c0 = beta + 2 * alpha * self.u_ref
+        disc = np.maximum(4 * alpha**2 - 12 * k * c0, 0.0)  # < 0: no local minimum; take the
+        t = -2 * c0 / (2 * alpha + np.sqrt(disc))  # inflection's side, then bound the reach
+        t = np.clip(t, -ASYMMETRY_REACH, ASYMMETRY_REACH)
+        u = self.u_ref + t
+        v = -(b[..., 1] + 2 * auv * u) / (2 * avv)
+        local = a.copy()
+        local[..., 0, 0] = a[..., 0, 0] + 3 * k * t
+        return np.stack([u, v], axis=-1), project_pd(local, self.min_eig)
+
     @property
     def hessian(self) -> np.ndarray:
-        return project_pd(self._split(self.mean)[2], self.min_eig)
+        """The curvature matrix A at the bowl's bottom (A itself for a symmetric bowl)."""
+        return self._bottom(self.mean)[1]
 
     def optimum(self) -> np.ndarray:
         """w* of the posterior-mean bowl."""
-        _, b, _ = self._split(self.mean)
-        return -0.5 * np.linalg.solve(self.hessian, b)
+        return self._bottom(self.mean)[0]
 
     def sample_theta(self, rng: np.random.Generator, n: int) -> np.ndarray:
         chol = np.linalg.cholesky(self.cov + 1e-12 * np.eye(len(self.mean)))
@@ -211,23 +284,53 @@ class BowlPosterior:
 
     def sample_optima(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` draws of w* from the posterior (``n × 2``)."""
-        theta = self.sample_theta(rng, n)
-        _, b, a = self._split(theta)
-        a = project_pd(a, self.min_eig)
-        return -0.5 * np.linalg.solve(a, b[..., None])[..., 0]
+        return self._bottom(self.sample_theta(rng, n))[0]
 
     def predict(self, w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and variance of the bowl (ln L, without noise) at ``w`` for ``group``."""
-        phi = features(w, np.full(len(np.atleast_2d(w)), group), self.n_groups)
+        phi = features(w, np.full(len(np.atleast_2d(w)), group), self.n_groups, self.u_ref)
         mean = phi @ self.mean
         var = np.einsum("ni,ij,nj->n", phi, self.cov, phi)
         return mean, np.maximum(var, 0.0)
 
     def offset(self, group: int) -> float:
-        """ln L at the bowl's bottom for ``group``: c'_g − bᵀA⁻¹b/4."""
-        c, b, _ = self._split(self.mean)
-        w = self.optimum()
-        return float(c[group] + b @ w + w @ self.hessian @ w)
+        """ln L at the bowl's bottom for ``group``."""
+        return float(self.predict(self.optimum()[None], group)[0][0])
+
+    def optimum_jacobian(self, eps: float = 1e-6) -> np.ndarray:
+        """∂w*/∂θ at the posterior mean (2 × len(θ)), by central differences."""
+        step = np.eye(len(self.mean)) * eps
+        plus = self._bottom(self.mean + step)[0]
+        minus = self._bottom(self.mean - step)[0]
+        return ((plus - minus) / (2 * eps)).T
+
+    def design_gain(
+        self, w: np.ndarray, group: int, noise_sd: float, weight: np.ndarray
+    ) -> np.ndarray:
+        r"""How much one more run at each of ``w`` would lower the expected loss of training at
+        the bowl's bottom, in ln-loss units.
+
+        Training at an estimate :math:`\hat w` of the bottom costs
+        :math:`(\hat w - w^*)^\top A (\hat w - w^*)`; under the posterior (w* linearised in θ,
+        :math:`J = \partial w^* / \partial \theta`) its expectation is
+        :math:`\mathrm{tr}(A J \Sigma J^\top)`. A run at w with features φ, entering the fit
+        with ``weight`` ω, updates Σ by a rank-one step, which lowers the expectation by
+
+        .. math::
+
+            \frac{(J \Sigma \varphi)^\top A \, (J \Sigma \varphi)}
+                 {\sigma^2 / \omega + \varphi^\top \Sigma \varphi}.
+
+        The numerator favours runs that move the estimate of the bottom (far enough out that
+        the slope shows above the noise), the weight keeps them where the bowl holds.
+        """
+        phi = features(w, np.full(len(np.atleast_2d(w)), group), self.n_groups, self.u_ref)
+        j = self.optimum_jacobian()
+        s_phi = phi @ self.cov
+        moved = s_phi @ j.T
+        num = np.einsum("ni,ij,nj->n", moved, self.hessian, moved)
+        den = noise_sd**2 / np.maximum(weight, 1e-12) + np.einsum("ni,ni->n", s_phi, phi)
+        return num / den
 
 
 # The window narrows to (tau, cut) only once this many runs lie inside it. A sparse study needs
@@ -282,86 +385,142 @@ def fit_bowl(
     widths, prior_w = np.asarray(bowl.law_widths, float), np.asarray(bowl.law_weights, float)
     if len(widths) != len(prior_w) or np.any(widths <= 0) or np.any(prior_w <= 0):
         raise SteplawInputError("law_widths and law_weights must be positive and of one length")
-    data = _weighted_design(w, y, groups, n_groups, bowl)
-    parts = [_fit_one(data, y, groups, n_groups, prior_mean, prior_cov * c, bowl) for c in widths]
-    if len(parts) == 1:
-        return BowlPosterior(parts[0][0], parts[0][1], n_groups, bowl.min_eig)
-    # Bayesian model averaging over the law's error width: weights ∝ p_c · evidence_c, the
-    # mixture moment-matched to one Gaussian over θ.
-    log_w = np.log(prior_w / prior_w.sum()) + np.array([p[2] for p in parts])
-    post_w = np.exp(log_w - log_w.max())
-    post_w /= post_w.sum()
-    mean = sum(pw * p[0] for pw, p in zip(post_w, parts, strict=True))
-    cov = sum(
-        pw * (p[1] + np.outer(p[0] - mean, p[0] - mean))
-        for pw, p in zip(post_w, parts, strict=True)
-    )
-    cov = 0.5 * (cov + cov.T)
-    return BowlPosterior(mean, cov, n_groups, bowl.min_eig, tuple(float(x) for x in post_w))
+    window = _window(y, groups, n_groups, bowl)
+    post = _fit_mixture(w, y, groups, n_groups, prior_mean, prior_cov, bowl, None, window)
+    if bowl.k_sd > 0:
+        # The asymmetry term is centred on the symmetric bowl's bottom, where the curvature
+        # prior was measured: centred on the law's point instead, a law that is off by δ would
+        # need a curvature 3kδ away from the prior's to fit the same landscape.
+        u_ref = float(post.optimum()[0])
+        post = _fit_mixture(w, y, groups, n_groups, prior_mean, prior_cov, bowl, u_ref, window)
+    return post
 
 
-def _weighted_design(
-    w: np.ndarray, y: np.ndarray, groups: np.ndarray, n_groups: int, bowl: BowlPrior
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """(design rows, weights) of the observations, ``None`` without any: the part of the fit
-    that does not depend on the prior."""
-    if not len(y):
-        return None
-    best = np.full(n_groups, np.inf)
-    np.minimum.at(best, groups, y)
-    gap = y - best[groups]
-    tau, cut = window_widening(gap, bowl)
-    weight = 1.0 / (1.0 + (gap / tau) ** 2)
-    weight[gap > cut] = 0.0
-    return features(w, groups, n_groups), weight
-
-
-def _fit_one(
-    data: tuple[np.ndarray, np.ndarray] | None,
+def _fit_mixture(
+    w: np.ndarray,
     y: np.ndarray,
     groups: np.ndarray,
     n_groups: int,
     prior_mean: np.ndarray,
     prior_cov: np.ndarray,
     bowl: BowlPrior,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """(posterior mean, posterior covariance, log evidence) of the bowl under one Gaussian
-    prior on w*; the evidence is that of the weighted observations the fit uses."""
+    u_ref: float | None,
+    window: tuple[float, float] | None = None,
+) -> BowlPosterior:
+    """The bowl under the law-error mixture of ``bowl`` (one fit per width, averaged), with the
+    weight window ``window`` (default: :func:`window_widening`'s)."""
+    widths, prior_w = np.asarray(bowl.law_widths, float), np.asarray(bowl.law_weights, float)
+    window = window or _window(y, groups, n_groups, bowl)
+    data = _weighted_design(w, y, groups, n_groups, window, u_ref)
+    means, covs, evidence = _fit_widths(
+        data, y, groups, n_groups, prior_mean, prior_cov, widths, bowl, u_ref
+    )
+    if len(widths) == 1:
+        return BowlPosterior(means[0], covs[0], n_groups, bowl.min_eig, u_ref=u_ref, window=window)
+    # Bayesian model averaging over the law's error width: weights ∝ p_c · evidence_c, the
+    # mixture moment-matched to one Gaussian over θ.
+    log_w = np.log(prior_w / prior_w.sum()) + evidence
+    post_w = np.exp(log_w - log_w.max())
+    post_w /= post_w.sum()
+    mean = post_w @ means
+    spread = means - mean
+    cov = np.einsum("m,mij->ij", post_w, covs) + np.einsum("m,mi,mj->ij", post_w, spread, spread)
+    cov = 0.5 * (cov + cov.T)
+    return BowlPosterior(
+        mean, cov, n_groups, bowl.min_eig, tuple(float(x) for x in post_w), u_ref, window
+    )
+
+
+def gap_weights(gap: np.ndarray, tau: float, cut: float) -> np.ndarray:
+    """Each point's weight in the fit from its loss gap to its scale's best:
+    1 / (1 + (gap/τ)²), and 0 beyond ``cut``."""
+    weight = 1.0 / (1.0 + (gap / tau) ** 2)
+    weight[gap > cut] = 0.0
+    return weight
+
+
+def _gaps(y: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    best = np.full(n_groups, np.inf)
+    np.minimum.at(best, groups, y)
+    return y - best[groups]
+
+
+def _window(
+    y: np.ndarray, groups: np.ndarray, n_groups: int, bowl: BowlPrior
+) -> tuple[float, float]:
+    return window_widening(_gaps(y, groups, n_groups) if len(y) else np.zeros(0), bowl)
+
+
+def _weighted_design(
+    w: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    n_groups: int,
+    window: tuple[float, float],
+    u_ref: float | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(design rows, weights) of the observations, ``None`` without any: the part of the fit
+    that does not depend on the prior."""
+    if not len(y):
+        return None
+    gap = _gaps(y, groups, n_groups)
+    return features(w, groups, n_groups, u_ref), gap_weights(gap, *window)
+
+
+def _fit_widths(
+    data: tuple[np.ndarray, np.ndarray] | None,
+    y: np.ndarray,
+    groups: np.ndarray,
+    n_groups: int,
+    prior_mean: np.ndarray,
+    prior_cov: np.ndarray,
+    widths: np.ndarray,
+    bowl: BowlPrior,
+    u_ref: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(posterior means m×k, covariances m×k×k, log evidences m) of the bowl under each of the
+    Gaussian priors on w* with covariance ``widths[i] · prior_cov``; the evidence is that of the
+    weighted observations the fit uses. The widths are solved together, as one batch."""
     h0 = bowl.H0
-    k = n_groups + 5
+    k = n_groups + 5 + (u_ref is not None)
+    m = len(widths)
     theta0 = np.zeros(k)
-    prior_var = np.zeros(k)
-    # Offsets: centred on each group's best value, weak (ln-loss units).
+    # Offsets: centred on each group's best value, weak (ln-loss units, variance 1).
     for g in range(n_groups):
         in_g = groups == g
         theta0[g] = float(np.min(y[in_g])) if np.any(in_g) else 0.0
-        prior_var[g] = 1.0
-    prec0 = np.diag(1.0 / np.concatenate([prior_var[:n_groups], np.ones(5)]))
-    # Linear term from the law prior on w*: b = −2 H0 w*.
-    b_mean = -2.0 * h0 @ prior_mean
+    prior_var = np.ones(k)
+    # Linear term from the law prior on w*: b = −2 H0 w*, its covariance 4 H0 Σ H0 per width.
+    theta0[n_groups : n_groups + 2] = -2.0 * h0 @ prior_mean
     b_cov = 4.0 * h0 @ prior_cov @ h0
-    theta0[n_groups : n_groups + 2] = b_mean
-    theta0[n_groups + 2 :] = bowl.h_mean
-    prec0[n_groups : n_groups + 2, n_groups : n_groups + 2] = np.linalg.inv(b_cov)
-    prec0[n_groups + 2 :, n_groups + 2 :] = np.diag(1.0 / np.square(bowl.h_sd))
+    theta0[n_groups + 2 : n_groups + 5] = bowl.h_mean
+    prior_var[n_groups + 2 : n_groups + 5] = np.square(bowl.h_sd)
+    if u_ref is not None:  # the asymmetry k (u − u_ref)³
+        theta0[n_groups + 5] = bowl.k_mean
+        prior_var[n_groups + 5] = bowl.k_sd**2
+    b = slice(n_groups, n_groups + 2)
+    prior_cov0 = np.repeat(np.diag(prior_var)[None], m, axis=0)  # P0⁻¹, block-diagonal
+    prior_cov0[:, b, b] = widths[:, None, None] * b_cov
+    prec0 = np.repeat(np.diag(1.0 / prior_var)[None], m, axis=0)
+    prec0[:, b, b] = np.linalg.inv(b_cov)[None] / widths[:, None, None]
+    rhs0 = prec0 @ theta0
 
-    log_evidence = 0.0
+    log_evidence = np.zeros(m)
     if data is None:
-        prec, rhs = prec0, prec0 @ theta0
+        prec, rhs = prec0, rhs0
     else:
         phi, weight = data
         wphi = phi * (weight / bowl.noise_sd**2)[:, None]
-        prec = prec0 + phi.T @ wphi
-        rhs = prec0 @ theta0 + wphi.T @ y
+        prec = prec0 + (phi.T @ wphi)[None]
+        rhs = rhs0 + (wphi.T @ y)[None]
         used = weight > 0
         if used.any():  # y_used ~ N(Φθ0, diag(σ²/ω) + Φ P0⁻¹ Φᵀ)
             phi_u = phi[used]
-            marg = np.diag(bowl.noise_sd**2 / weight[used]) + phi_u @ np.linalg.solve(
-                prec0, phi_u.T
-            )
+            marg = np.diag(bowl.noise_sd**2 / weight[used])[None] + phi_u @ prior_cov0 @ phi_u.T
             resid = y[used] - phi_u @ theta0
             _, logdet = np.linalg.slogdet(marg)
-            log_evidence = -0.5 * float(resid @ np.linalg.solve(marg, resid) + logdet)
+            quad = np.einsum("i,mi->m", resid, np.linalg.solve(marg, resid[None, :, None])[..., 0])
+            log_evidence = -0.5 * (quad + logdet)
     cov = np.linalg.inv(prec)
-    cov = 0.5 * (cov + cov.T)
-    return cov @ rhs, cov, log_evidence
+    cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+    return np.einsum("mij,mj->mi", cov, rhs), cov, log_evidence

@@ -36,8 +36,10 @@ def test_fit_recovers_known_bowl_and_optimum():
     np.testing.assert_allclose(post.optimum(), w_star, atol=0.03)
     draws = post.sample_optima(np.random.default_rng(1), 500)
     assert np.all(np.abs(draws.mean(axis=0) - w_star) < 0.05)
-    # With the default (larger) noise the curvature is pulled toward the released grids' prior.
-    shrunk = fit_bowl(w, y, g, 1, prior_mean=np.zeros(2), prior_cov=np.eye(2) * 0.1)
+    # With the default (larger) noise the curvature is pulled toward the released grids' prior
+    # (a symmetric bowl here, so that the asymmetry term's prior does not move the curvature).
+    symmetric = dataclasses.replace(BowlPrior.default(), k_sd=0.0)
+    shrunk = fit_bowl(w, y, g, 1, prior_mean=np.zeros(2), prior_cov=np.eye(2) * 0.1, bowl=symmetric)
     prior_h = BowlPrior.default().H0[0, 0]
     assert prior_h < shrunk.hessian[0, 0] < post.hessian[0, 0]
 
@@ -47,7 +49,8 @@ def test_offsets_per_scale_pool_the_same_bowl():
     h = np.array([[0.006, -0.002], [-0.002, 0.006]])
     w_star = np.array([-0.25, 0.15])
     w, y, g = _bowl_data(rng, w_star, h, n=25, offsets=(0.9, 1.2, 1.5))
-    post = fit_bowl(w, y, g, 3, prior_mean=np.zeros(2), prior_cov=np.eye(2) * 0.1)
+    symmetric = dataclasses.replace(BowlPrior.default(), k_sd=0.0)  # as the data are
+    post = fit_bowl(w, y, g, 3, prior_mean=np.zeros(2), prior_cov=np.eye(2) * 0.1, bowl=symmetric)
     np.testing.assert_allclose(post.optimum(), w_star, atol=0.04)
     assert [post.offset(i) for i in range(3)] == pytest.approx([0.9, 1.2, 1.5], abs=2e-3)
 
@@ -143,13 +146,63 @@ def test_narrow_window_keeps_the_bottom_near_an_asymmetric_minimum():
     w, y = _asymmetric_grid()
     groups = np.zeros(len(y), dtype=int)
     kwargs = {"prior_mean": np.zeros(2), "prior_cov": 4 * np.eye(2), "curvature_scale": 1.0}
-    # the mechanism, at the narrow window the released grids' whole-grid fits favour
-    narrow_prior = dataclasses.replace(BowlPrior.default(), tau=0.002, cut=0.006)
-    narrow = fit_bowl(w, y, groups, 1, bowl=narrow_prior, **kwargs).optimum()
-    wide_prior = dataclasses.replace(BowlPrior.default(), tau=0.01, cut=0.05)
-    wide = fit_bowl(w, y, groups, 1, bowl=wide_prior, **kwargs).optimum()
-    assert abs(narrow[0] - 0.1) < 0.5 * abs(wide[0] - 0.1)
-    assert wide[0] < narrow[0] < 0.1  # both lean to the flat side; the narrow one far less
+    # the mechanism, at the narrow window the released grids' whole-grid fits favour, for a
+    # symmetric bowl and for the default one with its asymmetry term
+    for k_sd in (0.0, BowlPrior.default().k_sd):
+        narrow_prior = dataclasses.replace(BowlPrior.default(), tau=0.002, cut=0.006, k_sd=k_sd)
+        narrow = fit_bowl(w, y, groups, 1, bowl=narrow_prior, **kwargs).optimum()
+        wide_prior = dataclasses.replace(BowlPrior.default(), tau=0.01, cut=0.05, k_sd=k_sd)
+        wide = fit_bowl(w, y, groups, 1, bowl=wide_prior, **kwargs).optimum()
+        assert abs(narrow[0] - 0.1) < 0.7 * abs(wide[0] - 0.1)
+        assert wide[0] < narrow[0] < 0.1  # both lean to the flat side; the narrow one less
+
+
+def test_the_asymmetry_term_follows_a_cliff_at_high_lr():
+    w, y = _asymmetric_grid()  # the minimum at u = 0.1, ten times steeper above it
+    groups = np.zeros(len(y), dtype=int)
+    kwargs = {"prior_mean": np.zeros(2), "prior_cov": 4 * np.eye(2), "curvature_scale": 1.0}
+    assert BowlPrior.default().k_sd > 0  # the shipped prior has the term
+    for tau, cut in ((0.002, 0.006), (0.003, 0.01), (0.01, 0.05)):
+        sym = dataclasses.replace(BowlPrior.default(), tau=tau, cut=cut, k_sd=0.0)
+        asym = dataclasses.replace(BowlPrior.default(), tau=tau, cut=cut)
+        p_sym = fit_bowl(w, y, groups, 1, bowl=sym, **kwargs)
+        p_asym = fit_bowl(w, y, groups, 1, bowl=asym, **kwargs)
+        assert p_sym.u_ref is None and p_asym.u_ref == pytest.approx(p_sym.optimum()[0])
+        assert p_asym.mean[-1] > 0  # k > 0: steeper towards high lr
+        # the symmetric bowl's bottom leans to the flat side; the term moves it back a fifth
+        # of the way at least (the prior keeps k near the released grids', far below this cliff)
+        err_sym, err_asym = abs(p_sym.optimum()[0] - 0.1), abs(p_asym.optimum()[0] - 0.1)
+        assert err_asym < 0.8 * err_sym
+        # its prediction is the fitted cubic, and its bottom is where the gradient vanishes
+        u = np.linspace(-1.0, 0.6, 801)
+        pts = np.column_stack([u, np.full_like(u, p_asym.optimum()[1])])
+        assert u[np.argmin(p_asym.predict(pts, 0)[0])] == pytest.approx(
+            p_asym.optimum()[0], abs=3e-3
+        )
+
+
+def test_the_asymmetric_bottom_is_closed_form_and_bounded():
+    from steplaw_opt.landscape import ASYMMETRY_REACH, BowlPosterior
+
+    # θ = (c, b_u, b_v, a_uu, a_uv, a_vv, k): a symmetric bottom at (0.3, -0.2), then a cubic
+    a = np.array([[0.007, -0.002], [-0.002, 0.006]])
+    w0 = np.array([0.3, -0.2])
+    b = -2 * a @ w0
+    theta = np.concatenate([[1.0], b, [a[0, 0], a[0, 1], a[1, 1]], [0.0]])
+    post = BowlPosterior(theta, np.eye(7) * 1e-12, 1, 5e-4, u_ref=0.3)
+    np.testing.assert_allclose(post.optimum(), w0, atol=1e-9)  # k = 0: the quadratic's bottom
+    for k in (0.002, -0.002, 0.02):
+        theta[-1] = k
+        post = BowlPosterior(theta.copy(), np.eye(7) * 1e-12, 1, 5e-4, u_ref=0.1)
+        w = post.optimum()
+        u, v = w
+        grad_u = b[0] + 2 * (a[0, 0] * u + a[0, 1] * v) + 3 * k * (u - 0.1) ** 2
+        grad_v = b[1] + 2 * (a[0, 1] * u + a[1, 1] * v)
+        assert abs(grad_u) < 1e-9 and abs(grad_v) < 1e-9  # a stationary point ...
+        assert a[0, 0] + 3 * k * (u - 0.1) > 0  # ... and a minimum along u
+    theta[-1] = 1.0  # so steep a cubic that no local minimum exists: the bottom stays bounded
+    post = BowlPosterior(theta.copy(), np.eye(7) * 1e-12, 1, 5e-4, u_ref=0.1)
+    assert abs(post.optimum()[0] - 0.1) <= ASYMMETRY_REACH + 1e-12
 
 
 def test_window_widens_while_runs_are_few_and_far():
@@ -179,10 +232,10 @@ def _lattice_runs(w_star: np.ndarray, seed: int = 1) -> tuple[np.ndarray, np.nda
 
 def test_the_law_error_mixture_follows_the_evidence():
     prior = {"prior_mean": np.zeros(2), "prior_cov": 0.35**2 * np.eye(2), "curvature_scale": 1.0}
-    single = dataclasses.replace(BowlPrior.default(), law_widths=(1.0,), law_weights=(1.0,))
-    mixed = dataclasses.replace(
-        BowlPrior.default(), law_widths=(1.0, 2.0, 4.0), law_weights=(0.5, 0.3, 0.2)
-    )
+    # a symmetric bowl: the lattice runs come from one
+    symmetric = dataclasses.replace(BowlPrior.default(), k_sd=0.0)
+    single = dataclasses.replace(symmetric, law_widths=(1.0,), law_weights=(1.0,))
+    mixed = dataclasses.replace(symmetric, law_widths=(1.0, 2.0, 4.0), law_weights=(0.5, 0.3, 0.2))
     groups = np.zeros(12, dtype=int)
     # The law is right: the narrow prior explains the runs best and gains weight.
     w, y = _lattice_runs(np.zeros(2))
@@ -199,3 +252,29 @@ def test_the_law_error_mixture_follows_the_evidence():
         assert err_mixed < 0.8 * np.linalg.norm(pulled.optimum() - truth)
     with pytest.raises(SteplawInputError, match="law_widths"):
         fit_bowl(w, y, groups, 1, bowl=dataclasses.replace(mixed, law_weights=(1.0,)), **prior)
+
+
+def test_design_gain_is_the_drop_in_expected_recommendation_loss():
+    # A fitted posterior, then one more run at w: its gain must equal the fall of
+    # tr(A J Σ Jᵀ) when the run enters the precision with weight ω (Sherman–Morrison by hand).
+    from steplaw_opt.landscape import features
+
+    rng = np.random.default_rng(5)
+    h = np.array([[0.007, -0.002], [-0.002, 0.006]])
+    w, y, g = _bowl_data(rng, np.array([0.2, -0.1]), h, n=8, noise=7e-4)
+    post = fit_bowl(w, y, g, 1, prior_mean=np.zeros(2), prior_cov=0.35**2 * np.eye(2))
+    noise = BowlPrior.default().noise_sd
+    cand = np.array([[0.0, 0.0], [0.9, 0.0], [-0.9, 0.6], [0.2, -0.1]])
+    weight = np.array([1.0, 0.5, 0.25, 1.0])
+    gain = post.design_gain(cand, 0, noise, weight)
+    j, a = post.optimum_jacobian(), post.hessian
+    before = np.trace(a @ j @ post.cov @ j.T)
+    for i, (point, om) in enumerate(zip(cand, weight, strict=True)):
+        phi = features(point[None], np.zeros(1, int), 1, post.u_ref)[0]
+        prec = np.linalg.inv(post.cov) + np.outer(phi, phi) * om / noise**2
+        after = np.trace(a @ j @ np.linalg.inv(prec) @ j.T)
+        assert gain[i] == pytest.approx(before - after, rel=1e-4)
+    # a run at the current bottom tells little about where the bottom is; one out on the
+    # slopes tells more, until its weight fades
+    assert gain[3] < gain[1]
+    assert post.design_gain(cand[[1]], 0, noise, np.array([1e-6]))[0] < 1e-3 * gain[1]
