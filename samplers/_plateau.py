@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,10 +154,12 @@ class PlateauSampler(BaseSampler):
     Expected improvement chases the lowest observed loss, so its later runs cluster on the
     bottom (8.8 distinct cells of the released grids in 20 trials), where they say little about
     where the bottom is; the design step spreads them (17 cells) and the refined optimum gains:
-    ``steplaw-opt bench``, mean gap on three noise-free surfaces at 10 / 20 trials, 0.020 /
-    0.014 % against 0.023 / 0.021 % with the previous defaults (expected improvement throughout,
-    8 lattice trials, ``resolution`` 0.15, a symmetric bowl), and 0.033 / 0.017 % against
-    0.051 / 0.025 % where the law is off by a factor 1.65 (docs/bench.md).
+    ``steplaw-opt bench``, mean gap on three noise-free surfaces at 10 / 20 trials, 0.016 /
+    0.012 % against 0.023 / 0.021 % with the previous defaults (expected improvement throughout,
+    8 lattice trials, ``resolution`` 0.15, a symmetric bowl), and 0.034 / 0.015 % against
+    0.051 / 0.025 % where the law is off by a factor 1.65 (docs/bench.md). On a landscape that
+    is not a bowl (a bent valley) spreading the runs costs more than it tells: there use
+    ``acquisition="ei", n_coarse=8, resolution=0.15`` (docs/botorch.md).
 
     Failed trials and NaN/inf losses are evidence, not noise: a failure at a high learning rate
     (above the current optimum estimate) puts a wall at that learning rate, excluding it and
@@ -270,6 +273,7 @@ class PlateauSampler(BaseSampler):
         self._prior = Prior.from_law(self._law, scale, widen=prior_widen)
         self._bowl = bowl_prior or BowlPrior.default()
         self._reseed_counter = 0
+        self._warned: set[str] = set()  # parameter names already warned about
 
     # ---------------------------------------------------------------- public properties
     @property
@@ -351,7 +355,35 @@ class PlateauSampler(BaseSampler):
             lr, batch = self._space.from_uv(w[0], w[1], trial_scale(trial, self._target))
             value = lr if param_name == self._lr_param else batch
             return to_param_value(value, param_distribution)  # type: ignore[arg-type]
+        self._warn_unknown_name(study, trial, param_name)
         return self._independent.sample_independent(study, trial, param_name, param_distribution)
+
+    def _warn_unknown_name(self, study: optuna.Study, trial: FrozenTrial, name: str) -> None:
+        """Warn once per name when a parameter goes to the independent sampler while the study
+        has never declared ``lr_param`` or ``batch_param`` (a name mismatch, most likely), as
+        Optuna's samplers warn when they fall back to independent sampling."""
+        if name in self._warned:
+            return
+        declared = set(trial.distributions)
+        for t in study.get_trials(deepcopy=False):
+            declared.update(t.distributions)
+        if self._lr_param in declared and self._batch_param in declared:
+            return
+        self._warned.add(name)
+        kind = _guess_kind(name)
+        if kind == "lr" and self._lr_param not in declared:
+            hint = f"; if it is the learning rate, pass lr_param={name!r}"
+        elif kind == "batch" and self._batch_param not in declared:
+            hint = f"; if it is the batch size, pass batch_param={name!r}"
+        else:
+            hint = ""
+        warnings.warn(
+            f"{type(self).__name__}: parameter {name!r} is sampled by the independent sampler, "
+            f"not from the law: the sampler tunes lr_param={self._lr_param!r} and "
+            f"batch_param={self._batch_param!r}{hint}",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._independent.before_trial(study, trial)
@@ -605,8 +637,15 @@ class PlateauSampler(BaseSampler):
             mean, _ = posterior.predict(candidates, group)
             in_group = hist.groups == group
             best = float(np.min(hist.y[in_group])) if np.any(in_group) else float(np.min(mean))
-            weight = gap_weights(np.maximum(mean - best, 0.0), *posterior.window)
+            gap = np.maximum(mean - best, 0.0)
+            weight = gap_weights(gap, *posterior.window)
             gain = posterior.design_gain(candidates, group, self._bowl.noise_sd, weight)
+            # Never a probe predicted more than the narrow cut above the best: on a landscape far
+            # steeper than the released grids the widened window would otherwise send runs far
+            # up the walls (on the built-in trainer, runs 20 % above the best).
+            near = gap <= self._bowl.cut
+            if near.any():
+                gain = np.where(near, gain, -np.inf)
             return candidates[int(np.argmax(gain))], "design", belief
         if self._acquisition in ("ei", "design"):  # "design" maps the plateau by EI
             mean, var = posterior.predict(candidates, group)
@@ -695,6 +734,21 @@ class PlateauSampler(BaseSampler):
         d = candidates - target
         cost = np.einsum("ni,ij,nj->n", d, metric, d)
         return candidates[int(np.argmin(cost))]
+
+
+def _guess_kind(name: str) -> str | None:
+    """``"lr"`` or ``"batch"`` for the usual spellings of those parameters, else None."""
+    low = name.lower().replace("-", "_")
+    if (
+        low in ("lr", "eta")
+        or "learning_rate" in low
+        or low.endswith("_lr")
+        or low.startswith("lr_")
+    ):
+        return "lr"
+    if low == "bs" or "batch" in low:
+        return "batch"
+    return None
 
 
 def _norm_pdf(z: np.ndarray) -> np.ndarray:

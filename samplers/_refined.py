@@ -45,6 +45,9 @@ class RefinedOptimum:
     law_lr: float
     law_batch_tokens: float
     best_observed: dict[str, Any] | None
+    # What to check before training with it: a recommendation on a search bound, a rounded
+    # batch outside its own interval (one line each; empty when there is nothing to say).
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,19 +144,31 @@ def refined_optimum(
             b = study.best_trial
             best = {"number": b.number, "value": b.value, "params": dict(b.params)}
     seq_len = int(sampler.space.seq_len or target.seq_len)
+    lr_95 = interval(ln_lr, 0, MASS95)
+    batch_95 = interval(ln_b, 1, MASS95, tokens_per)
+    rounded = round_batch_sequences(batch_tokens / seq_len, round_batch)
+    notes = _bound_notes(w, box, lr, batch_tokens / seq_len)
+    if rounded != batch_tokens / seq_len and not (
+        batch_95[0] / seq_len <= rounded <= batch_95[1] / seq_len
+    ):
+        notes.append(
+            f"the rounded batch {rounded:g} lies outside the batch's 95 % interval "
+            f"({batch_95[0] / seq_len:.3g}–{batch_95[1] / seq_len:.3g} sequences): the rounding "
+            "costs more than the uncertainty; consider another rounding"
+        )
     return RefinedOptimum(
         lr=lr,
         batch_tokens=batch_tokens,
         batch_sequences=batch_tokens / seq_len,
-        batch_sequences_rounded=round_batch_sequences(batch_tokens / seq_len, round_batch),
+        batch_sequences_rounded=rounded,
         seq_len=seq_len,
         u=float(w[0]),
         v=float(w[1]),
         predicted_loss=predicted,
         lr_interval_68=interval(ln_lr, 0, MASS68),
-        lr_interval_95=interval(ln_lr, 0, MASS95),
+        lr_interval_95=lr_95,
         batch_tokens_interval_68=interval(ln_b, 1, MASS68, tokens_per),
-        batch_tokens_interval_95=interval(ln_b, 1, MASS95, tokens_per),
+        batch_tokens_interval_95=batch_95,
         plateau_eps=plateau_eps,
         plateau_lr=(math.exp(ln_lr - half_u), math.exp(ln_lr + half_u)),
         plateau_batch_tokens=(
@@ -164,7 +179,28 @@ def refined_optimum(
         law_lr=math.exp(ln_lr0),
         law_batch_tokens=math.exp(ln_b0) * tokens_per,
         best_observed=best,
+        notes=tuple(notes),
     )
+
+
+# Within this many ln units of a search bound, the recommendation is "on" it.
+ON_BOUND = 0.05
+
+
+def _bound_notes(w: np.ndarray, box: np.ndarray, lr: float, batch: float) -> list[str]:
+    """One line per search bound the recommendation sits on: the model's bottom may lie beyond
+    it, and only a wider bound can tell."""
+    notes = []
+    for axis, (name, value, unit) in enumerate(
+        (("learning rate", lr, ""), ("batch", batch, " sequences"))
+    ):
+        for side, edge in (("lower", box[0, axis]), ("upper", box[1, axis])):
+            if np.isfinite(edge) and abs(w[axis] - edge) < ON_BOUND:
+                notes.append(
+                    f"the {name} sits on its {side} search bound ({value:.3g}{unit}): the "
+                    f"optimum may lie beyond it; widen that bound and run more trials"
+                )
+    return notes
 
 
 def _declared(study: optuna.Study, sampler: Any) -> tuple[Any, Any]:

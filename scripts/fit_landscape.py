@@ -1,12 +1,12 @@
 """Fit the landscape priors from the released dense grids and store them with the cards.
 
 1. The bowl's curvature prior (priors/data/landscape.toml): per (N, D) setting, a quadratic in
-   law-normalised (u, v) plus the asymmetry term k (u − u₀)³ (u₀ the quadratic's own bottom, as
-   the model centres it) is fitted by least squares to ln(loss) of the grid points within
-   `--window` (default 1 %) of the setting's minimum; the mean and spread of (H_uu, H_uv, H_vv)
-   and of k over the settings are the prior, the RMS residual is the noise scale. k > 0 in 16
-   of the 17 settings: the loss rises faster towards high learning rates (the divergence side)
-   than towards low ones.
+   law-normalised (u, v) plus the asymmetry term k·asymmetry(u − u₀) — a cubic near u₀, the
+   quadratic's own bottom, as the model centres it, continued linearly beyond 1 ln unit — is
+   fitted by least squares to ln(loss) of the grid points within `--window` (default 1 %) of the
+   setting's minimum; the mean and spread of (H_uu, H_uv, H_vv) and of k over the settings are
+   the prior, the RMS residual is the noise scale. k > 0 in 16 of the 17 settings: the loss
+   rises faster towards high learning rates (the divergence side) than towards low ones.
 2. The bowl's weight window (``tau``, ``cut``) and the law-error mixture are set from
    ``steplaw-opt bench`` (docs/bench.md): in a study of 5–20 runs a window narrower than
    τ 0.3 % / cut 1 % drops most runs and leaves the law's prior in charge, a wider one moves
@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from steplaw_opt import Scale, load_law
 from steplaw_opt.bench import load_grids
+from steplaw_opt.landscape import asymmetry
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,7 +68,7 @@ def curvature_fits(grids, law, window: float) -> tuple[np.ndarray, np.ndarray, f
         theta, *_ = np.linalg.lstsq(x, y[near], rcond=None)
         a = np.array([[theta[3], theta[4]], [theta[4], theta[5]]])
         u0 = float(-0.5 * np.linalg.solve(a, theta[1:3])[0])
-        x3 = np.column_stack([x, (un - u0) ** 3])
+        x3 = np.column_stack([x, asymmetry(un - u0)])
         theta, *_ = np.linalg.lstsq(x3, y[near], rcond=None)
         hs.append(theta[3:6])
         ks.append(theta[6])

@@ -43,7 +43,9 @@ quadratic on each grid has k > 0 in 16 of 17 settings (``scripts/fit_landscape.p
 carries it, with a prior on k from those fits, centred on the symmetric bowl's bottom
 :math:`u_\mathrm{ref}` (a first, symmetric fit), where the curvature prior was measured. The
 term stays linear in θ, so the fit stays closed form, and so does the bottom
-(:class:`BowlPosterior`). Without it a symmetric bowl puts its bottom on the flat side: fitted
+(:class:`BowlPosterior`). It is a cubic only within ``ASYMMETRY_REACH`` (1 ln unit) of
+:math:`u_\mathrm{ref}` and follows its tangent beyond (:func:`asymmetry`): a bare cubic falls
+without bound on the flat side. Without it a symmetric bowl puts its bottom on the flat side: fitted
 to each whole released grid, 0.15 ln units of lr below where a Gaussian-process smoother of
 the same grid does (0.06 below a cubic smoother's; ``scripts/bowl_floor.py``).
 
@@ -54,6 +56,7 @@ cone by clipping its eigenvalues at a floor.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from functools import cache
@@ -76,8 +79,8 @@ class BowlPrior:
     ``h_mean``/``h_sd``: (H_uu, H_uv, H_vv) per unit² of (u, v); ``noise_sd``: the scatter of
     ln L around the bowl near the optimum (measurement noise plus misfit); ``tau``, ``cut``:
     gap scale of the weights and the gap beyond which points are left out; ``k_mean``/``k_sd``:
-    the prior of the asymmetry term :math:`k (u - u_\mathrm{ref})^3` per unit³ (``k_sd = 0``:
-    a symmetric bowl).
+    the prior of the asymmetry term :math:`k\,g(u - u_\mathrm{ref})`, g = :func:`asymmetry`
+    (``k_sd = 0``: a symmetric bowl).
     """
 
     h_mean: np.ndarray
@@ -91,7 +94,7 @@ class BowlPrior:
     # The law's error as a scale mixture: w* ~ Σ_c p_c N(μ, c·Σ) (see fit_bowl).
     law_widths: tuple[float, ...] = (1.0,)
     law_weights: tuple[float, ...] = (1.0,)
-    # The cliff's asymmetry: k (u − u_ref)³ with k ~ N(k_mean, k_sd²); k_sd = 0 leaves it out.
+    # The cliff's asymmetry: k · asymmetry(u − u_ref), k ~ N(k_mean, k_sd²); k_sd = 0: none.
     k_mean: float = 0.0
     k_sd: float = 0.0
 
@@ -179,16 +182,28 @@ def estimate_curvature_scale(
 def features(
     w: np.ndarray, groups: np.ndarray, n_groups: int, u_ref: float | None = None
 ) -> np.ndarray:
-    """Design matrix rows ``[onehot(group), u, v, u², 2uv, v²]``, and ``(u − u_ref)³`` when the
-    bowl has an asymmetry term (``u_ref`` not None)."""
+    """Design matrix rows ``[onehot(group), u, v, u², 2uv, v²]``, and the asymmetry term
+    :func:`asymmetry` of ``u − u_ref`` when the bowl has one (``u_ref`` not None)."""
     w = np.atleast_2d(w)
     u, v = w[:, 0], w[:, 1]
     onehot = np.zeros((len(w), n_groups))
     onehot[np.arange(len(w)), groups] = 1.0
     cols = [onehot, u, v, u * u, 2 * u * v, v * v]
     if u_ref is not None:
-        cols.append((u - u_ref) ** 3)
+        cols.append(asymmetry(u - u_ref))
     return np.column_stack(cols)
+
+
+def asymmetry(t: np.ndarray) -> np.ndarray:
+    """The asymmetry feature: t³ within ``ASYMMETRY_REACH`` of the reference, continued by its
+    tangent beyond. A bare cubic falls without bound on the flat side — k t³ with k > 0 made the
+    bowl predict ever lower losses towards tiny learning rates, and expected improvement sent
+    the demo's plateau-mapping runs to the lr floor; the tangent keeps the quadratic in charge
+    far out."""
+    t = np.asarray(t, dtype=float)
+    r = ASYMMETRY_REACH
+    far = np.sign(t) * (r**3 + 3 * r**2 * (np.abs(t) - r))
+    return np.where(np.abs(t) <= r, t**3, far)
 
 
 def project_pd(a: np.ndarray, floor: float) -> np.ndarray:
@@ -204,8 +219,11 @@ def project_pd(a: np.ndarray, floor: float) -> np.ndarray:
     return np.einsum("...ij,...j,...kj->...ik", vecs, vals, vecs)
 
 
-# How far from its reference the asymmetric bowl's bottom may lie (ln units): beyond it the
-# cubic term, fitted near the reference, is an extrapolation.
+# The asymmetry term is the released grids'; on a landscape more than this many times steeper
+# (the curvature scale κ) it is left out.
+ASYMMETRY_MAX_STEEPENING = 3.0
+# How far from its reference the asymmetry term is a cubic, and the asymmetric bowl's bottom
+# may lie (ln units): beyond it the term continues linearly (:func:`asymmetry`).
 ASYMMETRY_REACH = 1.0
 
 
@@ -217,7 +235,8 @@ class BowlPosterior:
     :math:`c' + b^\top w + w^\top A w + k (u - u_\mathrm{ref})^3`. Its bottom is closed form:
     minimising over v first leaves :math:`f(u) = \beta u + \alpha u^2 + k (u - u_\mathrm{ref})^3`
     with :math:`\alpha = A_{uu} - A_{uv}^2 / A_{vv}`, :math:`\beta = b_u - A_{uv} b_v / A_{vv}`,
-    and :math:`f'(u) = 0` is a quadratic in :math:`t = u - u_\mathrm{ref}` whose root with
+    and, within ``ASYMMETRY_REACH`` of the reference where the term is a cubic,
+    :math:`f'(u) = 0` is a quadratic in :math:`t = u - u_\mathrm{ref}` whose root with
     :math:`f'' > 0` is :math:`t = -2 c_0 / (2\alpha + \sqrt{4\alpha^2 - 12 k c_0})`,
     :math:`c_0 = \beta + 2 \alpha u_\mathrm{ref}` (stable as k → 0, where it is the symmetric
     bowl's bottom); :math:`v^* = -(b_v + 2 A_{uv} u^*) / (2 A_{vv})`.
@@ -382,6 +401,11 @@ def fit_bowl(
     if curvature_scale == "auto":
         curvature_scale = estimate_curvature_scale(w, y, groups, n_groups, bowl)
     bowl = bowl.scaled(float(curvature_scale))
+    if float(curvature_scale) > ASYMMETRY_MAX_STEEPENING:
+        # Far steeper than the released grids (a tiny model far below the law's data): their
+        # asymmetry says nothing here, and scaled up it bent the built-in trainer's bowl so far
+        # that its bottom went to a corner of the bounds. A symmetric bowl there.
+        bowl = dataclasses.replace(bowl, k_sd=0.0)
     widths, prior_w = np.asarray(bowl.law_widths, float), np.asarray(bowl.law_weights, float)
     if len(widths) != len(prior_w) or np.any(widths <= 0) or np.any(prior_w <= 0):
         raise SteplawInputError("law_widths and law_weights must be positive and of one length")
@@ -495,7 +519,7 @@ def _fit_widths(
     b_cov = 4.0 * h0 @ prior_cov @ h0
     theta0[n_groups + 2 : n_groups + 5] = bowl.h_mean
     prior_var[n_groups + 2 : n_groups + 5] = np.square(bowl.h_sd)
-    if u_ref is not None:  # the asymmetry k (u − u_ref)³
+    if u_ref is not None:  # the asymmetry k · asymmetry(u − u_ref)
         theta0[n_groups + 5] = bowl.k_mean
         prior_var[n_groups + 5] = bowl.k_sd**2
     b = slice(n_groups, n_groups + 2)

@@ -220,11 +220,11 @@ def test_proxy_scales_pool():
 def test_beats_the_bowl_on_a_bent_valley():
     """On the banana fixture the GP finds the valley's bottom better than the bowl does.
 
-    Measured over six seeds at 10 trials: BoTorch 0.012 %, PlateauSampler 0.062 % (its best
+    Measured over six seeds at 10 trials: BoTorch 0.0082 %, PlateauSampler 0.062 % (its best
     trial: the design step spends runs away from the bottom to locate it). With the symmetric
     bowl prior of before (no asymmetry term) BoTorch reached 0.0041 % here: the asymmetry
     prior, right for the released grids, is wrong for this symmetric valley and the GP's mean
-    inherits it (0.0087 % with the new curvature prior but no cubic term)."""
+    inherits it."""
     gaps: dict[str, list[float]] = {"plateau": [], "botorch": []}
     for seed in range(6):
         for name, s in (
@@ -234,7 +234,7 @@ def test_beats_the_bowl_on_a_bent_valley():
             study = run(s, banana, 10)
             gaps[name].append(study.best_value / 2.5 - 1)
     assert np.mean(gaps["botorch"]) < 0.7 * np.mean(gaps["plateau"]), gaps
-    assert np.mean(gaps["botorch"]) < 1.8e-4, gaps  # within 1.5× of what it reaches
+    assert np.mean(gaps["botorch"]) < 1.25e-4, gaps  # within 1.5× of what it reaches
 
 
 def _refined_gaps(

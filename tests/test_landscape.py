@@ -278,3 +278,35 @@ def test_design_gain_is_the_drop_in_expected_recommendation_loss():
     # slopes tells more, until its weight fades
     assert gain[3] < gain[1]
     assert post.design_gain(cand[[1]], 0, noise, np.array([1e-6]))[0] < 1e-3 * gain[1]
+
+
+def test_the_asymmetry_term_keeps_the_bowl_rising_far_out():
+    # A bare cubic with k > 0 falls without bound on the flat side; the term's tangent
+    # continuation keeps the bowl rising there, so no acquisition is drawn to a bound.
+    from steplaw_opt.landscape import ASYMMETRY_REACH, asymmetry
+
+    t = np.array([-0.5, ASYMMETRY_REACH])
+    np.testing.assert_allclose(asymmetry(t), t**3)
+    r = ASYMMETRY_REACH
+    assert asymmetry(np.array([-6.0]))[0] == pytest.approx(-(r**3 + 3 * r**2 * (6.0 - r)))
+    post = fit_bowl(
+        np.zeros((1, 2)), np.array([1.0]), np.zeros(1, int), 1,
+        prior_mean=np.zeros(2), prior_cov=3.0**2 * np.eye(2),
+    )  # fmt: skip
+    assert post.u_ref is not None
+    u = np.linspace(-8, 8, 33)
+    pred = post.predict(np.column_stack([u, np.zeros_like(u)]), 0)[0]
+    far = np.abs(u) > 2
+    assert np.all(pred[far] > pred[np.argmin(np.abs(u))])  # the bottom is near, not far out
+
+
+def test_no_asymmetry_on_a_landscape_far_steeper_than_the_released_grids():
+    from steplaw_opt.landscape import ASYMMETRY_MAX_STEEPENING
+
+    rng = np.random.default_rng(3)
+    h = np.array([[0.007, -0.002], [-0.002, 0.006]])
+    w, y, g = _bowl_data(rng, np.array([0.2, -0.1]), h, n=12)
+    kw = {"prior_mean": np.zeros(2), "prior_cov": np.eye(2) * 0.1}
+    assert fit_bowl(w, y, g, 1, curvature_scale=1.0, **kw).u_ref is not None
+    steep = fit_bowl(w, y, g, 1, curvature_scale=ASYMMETRY_MAX_STEEPENING * 2, **kw)
+    assert steep.u_ref is None and len(steep.mean) == 6

@@ -347,3 +347,93 @@ def test_the_mapping_lattice_trusts_the_law_width_and_the_mixture_decides_after(
     posterior = sampler.fit(sampler.history(study))
     assert posterior.width_weights[0] < 0.5 and len(posterior.width_weights) == 3
     assert sampler.fit(sampler.history(study), law_width_only=True).width_weights == (1.0,)
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [("bs", "batch_param='bs'"), ("learning_rate", "lr_param='learning_rate'"), ("dropout", None)],
+)
+def test_a_parameter_name_the_sampler_does_not_tune_is_warned_about_once(name, hint):
+    sampler = PlateauSampler(TARGET, seed=0)
+    study = optuna.create_study(sampler=sampler)
+
+    def objective(trial: optuna.Trial) -> float:
+        return trial.suggest_float(name, 0.01, 100.0, log=True)
+
+    with pytest.warns(
+        UserWarning, match=f"parameter '{name}' is sampled by the independent"
+    ) as rec:
+        study.optimize(objective, n_trials=3)
+    ours = [w for w in rec if "independent sampler" in str(w.message)]
+    assert len(ours) == 1  # once, not every trial
+    if hint:
+        assert hint in str(ours[0].message)
+
+
+def test_no_warning_when_the_names_match():
+    import warnings
+
+    sampler = PlateauSampler(TARGET, seed=0)
+    study = optuna.create_study(sampler=sampler)
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 1e-4, 3e-2, log=True)
+        batch = trial.suggest_int("batch_size", 16, 2048, log=True)
+        trial.suggest_float("dropout", 0.0, 0.3)
+        return 2.5 + lr + batch * 1e-6
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        study.optimize(objective, n_trials=3)
+
+
+def test_a_recommendation_on_a_search_bound_says_so():
+    lr0 = LAW.lr_at(TARGET)
+    far = (1.5, 0.0)  # the optimum 4.5x above the law's lr, beyond the upper bound below
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", lr0 / 3, lr0 * 1.5, log=True)
+        batch = trial.suggest_int("batch_size", 16, 2048, log=True)
+        return bowl_loss(lr, batch, far)
+
+    sampler = PlateauSampler(TARGET, seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=12)
+    opt = refined_optimum(study, sampler=sampler)
+    assert opt.lr == pytest.approx(lr0 * 1.5, rel=0.06)
+    assert any("learning rate sits on its upper search bound" in n for n in opt.notes), opt.notes
+    assert not any("batch sits" in n for n in opt.notes)
+    # a recommendation inside the bounds has nothing to say about them
+    inside = optuna.create_study(sampler=PlateauSampler(TARGET, seed=0))
+    inside.optimize(
+        lambda t: bowl_loss(
+            t.suggest_float("lr", 1e-4, 3e-2, log=True),
+            t.suggest_int("batch_size", 16, 2048, log=True),
+        ),
+        n_trials=8,
+    )
+    assert refined_optimum(inside, sampler=inside.sampler).notes == ()
+
+
+def test_the_design_step_never_probes_far_up_a_wall(monkeypatch):
+    # Even when the design gain favours the farthest candidate, the probe stays within the
+    # narrow cut of the best run (as predicted by the bowl).
+    from steplaw_opt.landscape import BowlPosterior
+
+    def far_is_best(self, w, group, noise_sd, weight):
+        return np.linalg.norm(w - self.optimum(), axis=1)
+
+    monkeypatch.setattr(BowlPosterior, "design_gain", far_is_best)
+    sampler = PlateauSampler(TARGET, seed=1)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=9)
+    design = [t for t in study.trials if t.system_attrs[ATTR_PROPOSAL]["kind"] == "design"]
+    assert design
+    for t in design:
+        partial = optuna.create_study()
+        partial.add_trials([s for s in study.trials if s.number < t.number])
+        hist = sampler.history(partial)
+        post = sampler.fit(hist)
+        p = t.system_attrs[ATTR_PROPOSAL]
+        mean, _ = post.predict(np.array([[p["u"], p["v"]]]), 0)
+        assert mean[0] - hist.y.min() <= sampler._bowl.cut + 1e-9

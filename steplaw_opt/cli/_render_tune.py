@@ -137,6 +137,8 @@ def print_result(console: Console, result: Any) -> None:
         f"{_seq(opt.plateau_batch_tokens[0] / seq)} – {_seq(opt.plateau_batch_tokens[1] / seq)}",
     )
     console.print(table)
+    for note in getattr(opt, "notes", ()):
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     if opt.predicted_loss is not None:
         console.print(f"predicted loss at the target: {opt.predicted_loss:.4f}")
     console.print(
