@@ -364,10 +364,13 @@ class PlateauSampler(BaseSampler):
         Optuna's samplers warn when they fall back to independent sampling."""
         if name in self._warned:
             return
-        declared = set(trial.distributions)
+        ours = {self._lr_param, self._batch_param}
+        declared = ours & set(trial.distributions)
         for t in study.get_trials(deepcopy=False):
-            declared.update(t.distributions)
-        if self._lr_param in declared and self._batch_param in declared:
+            if declared == ours:
+                return  # the study tunes both: this is just another parameter
+            declared |= ours & set(t.distributions)
+        if declared == ours:
             return
         self._warned.add(name)
         kind = _guess_kind(name)
@@ -627,30 +630,30 @@ class PlateauSampler(BaseSampler):
         if posterior is None:  # nothing observed yet (all failed or running): sample the prior
             target = rng.multivariate_normal(self._prior.mean, self._prior.cov)
             return self._nearest(candidates, target, self._bowl.H0), "prior", belief
-        if (
-            self._acquisition == "design"
-            and not self._mapping(hist)
-            and not self._kept(hist, group)
-        ):
-            # The run that most lowers the expected cost of training at the refined optimum
-            # (BowlPosterior.design_gain), weighted as the fit would weigh its predicted gap.
-            mean, _ = posterior.predict(candidates, group)
-            in_group = hist.groups == group
-            best = float(np.min(hist.y[in_group])) if np.any(in_group) else float(np.min(mean))
-            gap = np.maximum(mean - best, 0.0)
-            weight = gap_weights(gap, *posterior.window)
-            gain = posterior.design_gain(candidates, group, self._bowl.noise_sd, weight)
-            # Never a probe predicted more than the narrow cut above the best: on a landscape far
-            # steeper than the released grids the widened window would otherwise send runs far
-            # up the walls (on the built-in trainer, runs 20 % above the best).
-            near = gap <= self._bowl.cut
-            if near.any():
-                gain = np.where(near, gain, -np.inf)
-            return candidates[int(np.argmax(gain))], "design", belief
-        if self._acquisition in ("ei", "design"):  # "design" maps the plateau by EI
+        if self._acquisition in ("ei", "design"):
             mean, var = posterior.predict(candidates, group)
             in_group = hist.groups == group
             best = float(np.min(hist.y[in_group])) if np.any(in_group) else float(np.min(mean))
+            # "design" maps the plateau by EI, and so are the runs a user keeps
+            if (
+                self._acquisition == "design"
+                and not self._mapping(hist)
+                and not self._kept(hist, group)
+            ):
+                # The run that most lowers the expected cost of training at the refined
+                # optimum (BowlPosterior.design_gain), weighted as the fit would weigh its
+                # predicted gap.
+                gap = np.maximum(mean - best, 0.0)
+                weight = gap_weights(gap, *posterior.window)
+                gain = posterior.design_gain(candidates, group, self._bowl.noise_sd, weight)
+                # Never a probe predicted more than the narrow cut above the best: on a
+                # landscape far steeper than the released grids the widened window would
+                # otherwise send runs far up the walls (on the built-in trainer, runs 20 %
+                # above the best).
+                near = gap <= self._bowl.cut
+                if near.any():
+                    gain = np.where(near, gain, -np.inf)
+                return candidates[int(np.argmax(gain))], "design", belief
             sd = np.sqrt(var + self._bowl.noise_sd**2)
             zscore = (best - mean) / sd
             ei = sd * (zscore * _norm_cdf(zscore) + _norm_pdf(zscore))

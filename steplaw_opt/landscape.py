@@ -429,12 +429,11 @@ def _fit_mixture(
     prior_cov: np.ndarray,
     bowl: BowlPrior,
     u_ref: float | None,
-    window: tuple[float, float] | None = None,
+    window: tuple[float, float],
 ) -> BowlPosterior:
     """The bowl under the law-error mixture of ``bowl`` (one fit per width, averaged), with the
-    weight window ``window`` (default: :func:`window_widening`'s)."""
+    weight window ``window`` (:func:`window_widening`'s, computed once by :func:`fit_bowl`)."""
     widths, prior_w = np.asarray(bowl.law_widths, float), np.asarray(bowl.law_weights, float)
-    window = window or _window(y, groups, n_groups, bowl)
     data = _weighted_design(w, y, groups, n_groups, window, u_ref)
     means, covs, evidence = _fit_widths(
         data, y, groups, n_groups, prior_mean, prior_cov, widths, bowl, u_ref

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
 import typer
@@ -88,3 +89,13 @@ def console() -> Any:
     from rich.console import Console
 
     return Console()
+
+
+def stopped(console: Any, exc: KeyboardInterrupt, what: str) -> typer.Exit:
+    """The exit for a run stopped by Ctrl-C or a signal (``exc.signame``, ``exc.exit_code``
+    from :func:`~steplaw_opt.tune._workers.stop_signals`), after one line saying so:
+    ``[what] (by).`` followed by ``what`` happens next."""
+    by = getattr(exc, "signame", "Ctrl-C")
+    with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+        console.print(what.format(by=by))
+    return typer.Exit(getattr(exc, "exit_code", 130))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +20,7 @@ from steplaw_opt.cli._common import (
     VocabOpt,
     build_scale,
     parse_rounding,
+    stopped,
 )
 from steplaw_opt.errors import SteplawInputError
 
@@ -324,13 +324,12 @@ def tune_command(
                 refit_law=refit_law,
             )
     except KeyboardInterrupt as exc:
-        by = getattr(exc, "signame", "Ctrl-C")
-        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
-            console.print(
-                f"[yellow]Interrupted ({by}).[/yellow] The running trial is marked failed; run "
-                "the same command again to resume."
-            )
-        raise typer.Exit(getattr(exc, "exit_code", 130)) from None
+        raise stopped(
+            console,
+            exc,
+            "[yellow]Interrupted ({by}).[/yellow] The running trial is marked failed; run "
+            "the same command again to resume.",
+        ) from None
     if result is None:  # --create-only
         name = study_name or default_name(target, law_obj)
         doc = {"study_name": name, "storage": mask_url(storage or ""), "planned": plan.total_runs}

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Annotated
 
 import typer
 
+from steplaw_opt.cli._common import stopped
 from steplaw_opt.errors import SteplawInputError
 
 
@@ -87,13 +87,12 @@ def worker_command(
                 tracker=tracker,
             )
     except KeyboardInterrupt as exc:
-        by = getattr(exc, "signame", "Ctrl-C")
-        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
-            console.print(
-                f"[yellow]Stopped ({by}).[/yellow] The running trial is marked failed; another "
-                "worker (or this one, started again) runs it."
-            )
-        raise typer.Exit(getattr(exc, "exit_code", 130)) from None
+        raise stopped(
+            console,
+            exc,
+            "[yellow]Stopped ({by}).[/yellow] The running trial is marked failed; another "
+            "worker (or this one, started again) runs it.",
+        ) from None
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=float))
         return
