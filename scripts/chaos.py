@@ -14,7 +14,9 @@ a start is); once, when a third of the runs are done, PostgreSQL restarts
 
 It checks, and exits 1 naming what broke: the study reaches ``--trials`` complete runs, one per
 planned slot (no slot run twice), no trial left RUNNING or WAITING, the compute of the runs that
-count within the budget, no MLflow run left RUNNING, no job process left alive; and it prints
+count within the budget, no MLflow run left RUNNING, no job process left alive, no worker ended
+in a traceback, none still running 20 s after its SIGTERM (it gets SIGABRT, and ``-X
+faulthandler`` prints its threads' stacks to its log); and it prints
 its figures (wall time, kills, worker exits, lost and interrupted trials, retries).
 """
 
@@ -34,6 +36,9 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# SIGTERM to exit: the job's grace period (STEPLAW_STOP_GRACE, 2 s here) and a storage write or
+# two; longer is a stop that hangs
+STOP_LIMIT = 20.0
 TARGET = ["--params", "214663680", "--tokens", "1e11"]
 JOB = """
 import json, math, os, random, sys, time
@@ -71,7 +76,9 @@ print(json.dumps({"loss": 3 + (math.log(lr) + 5) ** 2 / 4 + (math.log(batch) - 5
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "steplaw_opt.cli", *args]
+    # -X faulthandler: a worker that does not stop after SIGTERM gets SIGABRT, which prints
+    # where each of its threads is to its log
+    return [sys.executable, "-X", "faulthandler", "-m", "steplaw_opt.cli", *args]
 
 
 def alive(pid: int) -> bool:
@@ -134,6 +141,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-limit", type=float, default=240.0)
     parser.add_argument("--no-kills", action="store_true", help="the baseline: no kill, no restart")
+    parser.add_argument("--keep", action="store_true", help="keep its files when it passes")
     args = parser.parse_args()
     if not args.storage:
         print("chaos: give --storage or STEPLAW_TEST_POSTGRES_URL", file=sys.stderr)
@@ -187,6 +195,7 @@ def main() -> int:
     reached: set[int] = set()  # pids of the workers seen running a trial
     stopping: dict[int, float] = {}  # pid → when it was sent SIGTERM
     stop_seconds: list[float] = []  # SIGTERM to exit
+    hung: list[int] = []  # workers that did not exit STOP_LIMIT s after SIGTERM
     kill_times: list[float] = []
     kills: Counter[str] = Counter()
     exits: Counter[int] = Counter()
@@ -214,6 +223,10 @@ def main() -> int:
             restart_seconds, restarted = time.monotonic() - began, True
             print(f"chaos: PostgreSQL restarted at {n} complete runs ({restart_seconds:.1f} s)")
         now = time.monotonic()
+        for pid, when in list(stopping.items()):
+            if now - when > STOP_LIMIT and pid not in hung:
+                hung.append(pid)
+                os.kill(pid, signal.SIGABRT)  # its threads' stacks go to its log
         live = {w.pid: i for i, w in enumerate(workers) if w is not None and w.poll() is None}
         busy = running_jobs(set(live))
         reached |= busy | {p for p, i in live.items() if now - born[i] > 15.0}
@@ -252,6 +265,12 @@ def main() -> int:
             exits[-9] += 1
 
     problems = []
+    crashes = crash_lines(logs)
+    if crashes:
+        problems.append(f"{len(crashes)} workers ended in a traceback: {crashes}")
+    if hung:
+        problems.append(f"{len(hung)} workers did not stop within {STOP_LIMIT:g} s of SIGTERM "
+                        "(SIGABRT: their stacks are in their logs)")  # fmt: skip
     if not done:
         problems.append(f"the study did not reach {args.trials} complete runs in {wall:.0f} s")
     trials = optuna.load_study(study_name=name, storage=args.storage).get_trials()
@@ -274,6 +293,13 @@ def main() -> int:
     left = [t.number for t in trials if not t.state.is_finished()]
     if left:
         problems.append(f"trials left {state['RUNNING']} RUNNING / {state['WAITING']} WAITING")
+        for t in trials:  # what a reader of a failed CI log needs to tell why
+            if not t.state.is_finished():
+                attrs = {k: v for k, v in t.user_attrs.items() if not k.startswith("steplaw.note")}
+                print(f"chaos: unfinished trial {t.number} (id {t._trial_id}) {t.state.name} "
+                      f"since {t.datetime_start}: {json.dumps(attrs, default=str)} "
+                      f"system {json.dumps(t.system_attrs, default=str)[:300]}",
+                      file=sys.stderr)  # fmt: skip
     spent = sum(t.user_attrs.get("steplaw.compute", 0.0) for t in final)
     lost_runs = [t for t in trials if t.state.name == "FAIL" and t not in final and t.params]
     lost_compute = sum(t.user_attrs.get("steplaw.compute", 0.0) for t in lost_runs)
@@ -325,7 +351,7 @@ def main() -> int:
         "mlflow_running": len(mlflow_running),
         "jobs_started": len(job_pids),
         "jobs_left_alive": len(orphans),
-        "crashes": crash_lines(logs),
+        "crashes": crashes,
     }
     print("chaos: " + json.dumps(figures))
     if problems:
@@ -340,7 +366,10 @@ def main() -> int:
         f"{'once' if restarted else 'never (no STEPLAW_TEST_PG_RESTART)'}, nothing left "
         "RUNNING, no job left alive"
     )
-    shutil.rmtree(tmp, ignore_errors=True)
+    if args.keep:
+        print(f"chaos: files kept in {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

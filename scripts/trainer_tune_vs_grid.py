@@ -61,14 +61,27 @@ def main() -> None:
     print(f"law alone: lr {lr0:.4g} batch {b0:.3g} -> {rows[-1][-1]:.4f}", flush=True)
 
     result = tune(
-        TARGET, BuiltinTrainerObjective(), budget=1.0, storage=":memory:", seed=0,
-        lr_bounds=LR_BOUNDS, batch_bounds=BATCH_BOUNDS,
+        TARGET,
+        BuiltinTrainerObjective(),
+        budget=1.0,
+        storage=":memory:",
+        seed=0,
+        lr_bounds=LR_BOUNDS,
+        batch_bounds=BATCH_BOUNDS,
     )
     opt = result.refined
-    rows.append(("tune (budget 1.0)", result.compute_spent, opt.lr, opt.batch_sequences,
-                 at_target(opt.lr, opt.batch_sequences)))
-    print(f"tune: lr {opt.lr:.4g} batch {opt.batch_sequences:.3g} -> {rows[-1][-1]:.4f}",
-          flush=True)
+    rows.append(
+        (
+            "tune (budget 1.0)",
+            result.compute_spent,
+            opt.lr,
+            opt.batch_sequences,
+            at_target(opt.lr, opt.batch_sequences),
+        )
+    )
+    print(
+        f"tune: lr {opt.lr:.4g} batch {opt.batch_sequences:.3g} -> {rows[-1][-1]:.4f}", flush=True
+    )
 
     proxy = TARGET.with_tokens(TARGET.D / 16)
     objective = BuiltinTrainerObjective()
@@ -93,13 +106,24 @@ def main() -> None:
         w = csv.writer(f)
         w.writerow(["method", "proxy_compute", "lr", "batch_size", "loss", "grid_best", "gap"])
         for name, compute, lr, batch, loss in rows:
-            w.writerow([name, f"{compute:.3f}", f"{lr:.5g}", round(batch), f"{loss:.4f}",
-                        f"{best:.4f}", f"{loss / best - 1:.4%}"])
+            w.writerow(
+                [
+                    name,
+                    f"{compute:.3f}",
+                    f"{lr:.5g}",
+                    round(batch),
+                    f"{loss:.4f}",
+                    f"{best:.4f}",
+                    f"{loss / best - 1:.4%}",
+                ]
+            )
     print(f"\ngrid best {best:.4f} (docs/data/trainer_grid.csv); target N=1e5 D=2e6 seq 128")
     for name, compute, lr, batch, loss in rows:
         gap = loss / best - 1 if math.isfinite(loss) else math.inf
-        print(f"{name:20s} compute {compute:.2f}  lr {lr:.4g}  batch {round(batch):3d}  "
-              f"loss {loss:.4f}  gap {gap:.2%}")
+        print(
+            f"{name:20s} compute {compute:.2f}  lr {lr:.4g}  batch {round(batch):3d}  "
+            f"loss {loss:.4f}  gap {gap:.2%}"
+        )
     print(f"wall time {time.perf_counter() - start:.0f} s; wrote {OUT}")
 
 

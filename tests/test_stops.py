@@ -393,3 +393,76 @@ def test_a_trial_owned_elsewhere_or_alive_is_left_running(tmp_path: Path) -> Non
     finally:
         alive_proc.kill()
         alive_proc.wait()
+
+
+# ------------------------------------------------------------------ where a stop is raised
+def _signal_self() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.05)  # the handler runs at the next bytecode; give it one
+
+
+def test_a_stop_outside_an_objective_waits_for_a_safe_point() -> None:
+    """Inside stop_signals, a signal raises only at check_stop (never inside a storage or
+    MLflow call, where it could leave a lock held): the code in between runs to its end."""
+    from steplaw_opt.tune._workers import Stopped, check_stop, stop_signals
+
+    reached = []
+    with pytest.raises(Stopped) as info, stop_signals():
+        _signal_self()
+        reached.append("after the signal")  # a library call in progress is not cut
+        check_stop()
+        reached.append("after check_stop")
+    assert reached == ["after the signal"]
+    assert info.value.signame == "SIGTERM" and info.value.exit_code == 143
+
+
+def test_a_stop_no_safe_point_saw_is_raised_when_the_block_ends() -> None:
+    from steplaw_opt.tune._workers import Stopped, stop_signals
+
+    done = []
+    with pytest.raises(Stopped), stop_signals():
+        _signal_self()
+        done.append(True)
+    assert done == [True]
+    assert signal.getsignal(signal.SIGTERM) is not None  # the handler is back
+
+
+def test_a_stop_interrupts_an_objectives_own_code_at_once() -> None:
+    from steplaw_opt.tune._workers import Stopped, interruptible, stop_signals
+
+    t0 = time.monotonic()
+    with pytest.raises(Stopped), stop_signals(), interruptible():
+        _signal_self()
+        time.sleep(5)  # a training step: interrupted, as Ctrl-C interrupts Python code
+    assert time.monotonic() - t0 < 2
+
+
+def test_a_second_signal_does_not_wait() -> None:
+    from steplaw_opt.tune._workers import Stopped, stop_signals
+
+    t0 = time.monotonic()
+    with pytest.raises(Stopped), stop_signals():
+        _signal_self()
+        _signal_self()
+        time.sleep(5)  # not reached to its end: the second signal raises where it lands
+    assert time.monotonic() - t0 < 2
+
+
+def test_a_stop_inside_a_storage_write_waits_for_its_end() -> None:
+    from steplaw_opt.tune._workers import Stopped, deferred_stops, interruptible, stop_signals
+
+    written = []
+    with pytest.raises(Stopped), stop_signals(), interruptible():
+        with deferred_stops():  # the objective reports a loss: the write is completed
+            _signal_self()
+            written.append(True)
+        written.append("after")  # not reached: raised as the write ends
+    assert written == [True]
+
+
+def test_a_command_objective_polls_and_the_others_are_interrupted() -> None:
+    from steplaw_opt.objectives import BuiltinTrainerObjective, CallableObjective
+
+    assert CommandObjective("true {lr} {batch_size}").checks_stops is True
+    assert BuiltinTrainerObjective.checks_stops is False
+    assert CallableObjective.checks_stops is False

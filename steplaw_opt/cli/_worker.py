@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -48,26 +48,32 @@ def worker_command(
 
     Start any number of workers on any machine that reaches the storage. A worker that dies
     stops beating; its trial is failed and re-queued with the same lr, batch and scale. SIGTERM
-    or Ctrl-C fails the running trial cleanly ("interrupted", run again by another worker).
+    or Ctrl-C fails the running trial cleanly ("interrupted", run again by another worker). A
+    database that restarts is waited for (15 s when the worker starts, 30 s later on).
     """
     if heartbeat_interval is not None and heartbeat_interval < 1:
         raise SteplawInputError(f"--heartbeat-interval must be >= 1, got {heartbeat_interval}")
     from rich.console import Console
 
     from steplaw_opt.cli import _render_tune as render
+    from steplaw_opt.objectives._command import stored_command, worker_objective
     from steplaw_opt.tracking import ATTR_TRACKING_URI, MlflowTracker
     from steplaw_opt.tune import load_tuned_study, run_worker
-    from steplaw_opt.tune._workers import stop_signals
+    from steplaw_opt.tune._workers import retry_opening, stop_signals
 
     console = Console(stderr=as_json)
-    study = load_tuned_study(study_name, storage)  # one-line refusals: missing, foreign
-    from steplaw_opt.objectives._command import stored_command, worker_objective
 
-    # Its own command, checked against the study's before anything runs (docs/security.md).
-    objective = worker_objective(study, command) if command is not None else None
-    if objective is None and stored_command(study) is not None:
-        console.print(f"running the study's stored command: {stored_command(study)}", markup=False)
-    uri = tracking_uri or study.user_attrs.get(ATTR_TRACKING_URI)
+    def opened() -> tuple[Any, Any, str | None, Any]:
+        study = load_tuned_study(study_name, storage)  # one-line refusals: missing, foreign
+        # Its own command, checked against the study's before anything runs (docs/security.md).
+        objective = worker_objective(study, command) if command is not None else None
+        return study, objective, stored_command(study), study.user_attrs.get(ATTR_TRACKING_URI)
+
+    # a worker started while the database restarts waits for it (up to 15 s)
+    _, objective, stored, recorded_uri = retry_opening(opened)
+    if objective is None and stored is not None:
+        console.print(f"running the study's stored command: {stored}", markup=False)
+    uri = tracking_uri or recorded_uri
     if uri is not None and "***" in uri:
         uri = None  # a masked URI cannot be used: MLflow's default / MLFLOW_TRACKING_URI
 

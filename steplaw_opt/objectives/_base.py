@@ -51,6 +51,10 @@ class Objective(abc.ABC):
 
     #: A short name for tables and the MLflow record.
     name: str = "objective"
+    #: Whether :meth:`run` calls ``context.stop_check()`` at least every second while it
+    #: waits (the command objective does). Otherwise a stop (Ctrl-C, SIGTERM) interrupts
+    #: :meth:`run` wherever it is, as Ctrl-C interrupts any Python code.
+    checks_stops: bool = False
 
     @abc.abstractmethod
     def run(self, lr: float, batch_size: float, scale: Scale, context: RunContext) -> float:

@@ -81,6 +81,10 @@ PLACEHOLDERS = (
 )
 SCHEDULE_PLACEHOLDERS = ("warmup_steps", "decay_steps")
 STDERR_TAIL_LINES = 5
+# A job ended by SIGTERM, SIGINT or SIGHUP (the signal, or a shell's 128 + signal): a stop from
+# outside. STOP_SIGNAL_WAIT: seconds to wait for this process's own stop signal after it.
+_STOP_EXITS = frozenset({-15, -2, -1, 143, 130, 129})
+STOP_SIGNAL_WAIT = 1.0
 WARMUP_FRACTION = 0.1  # {warmup_steps}: this fraction of {steps}, as the built-in trainer warms up
 DECAY_FRACTION = 1.0  # {decay_steps}: this fraction of {steps} (a cosine to the last step)
 METRICS_POLL = 1.0  # seconds between looks at a JSON-lines or CSV metrics file while a job runs
@@ -252,6 +256,7 @@ class CommandObjective(Objective):
     """
 
     name = "command"
+    checks_stops = True  # its wait polls context.stop_check every 0.1 s
 
     def __init__(
         self,
@@ -472,6 +477,15 @@ class CommandObjective(Objective):
                 _stop(proc, grace)
                 raise
             _stop(proc, grace)  # the job's shell has exited: end what it left running
+            if proc.returncode in _STOP_EXITS and context.stop_check is not None:
+                # A scheduler that stops a job signals all its processes at once (Slurm's time
+                # limit, scancel, systemd's control-group kill): the job may die a moment
+                # before this process gets its own signal. Wait for that signal, so the run is
+                # "interrupted" (run again), not a failure that settles its slot.
+                until = time.monotonic() + STOP_SIGNAL_WAIT
+                while time.monotonic() < until:
+                    context.stop_check()
+                    time.sleep(0.02)
         finally:
             watchdog.release()
         for t in threads:

@@ -89,9 +89,7 @@ class TuneConfig:
         checked: dict[str, Any] = {  # each field as the plain Python value it stores
             "budget": c.as_number("budget", self.budget, "a non-negative number"),
             "n_trials": c.optional_integer("n_trials", self.n_trials, positive, 1),
-            "target_runs": c.as_integer(
-                "target_runs", self.target_runs, "a non-negative integer"
-            ),
+            "target_runs": c.as_integer("target_runs", self.target_runs, "a non-negative integer"),
             "seed": c.optional_integer("seed", self.seed, "a non-negative integer", 0),
             "batch_unit": c.choice("batch_unit", self.batch_unit, ("sequences", "tokens")),
             "lr_bounds": c.bounds("lr_bounds", self.lr_bounds),

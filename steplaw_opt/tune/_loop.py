@@ -45,6 +45,7 @@ from steplaw_opt.tune._workers import (
     deferred_stops,
     gave_up_on_storage,
     heartbeat_on,
+    interruptible,
     others_alive,
     owner_record,
     recover_lost,
@@ -309,13 +310,20 @@ def _run_trial(
             tracker.trial_started(study, trial.number)
         context = RunContext(
             trial_number=trial.number,
-            report=lambda step, loss, t=trial: retry_storage(t.report, loss, step),
+            report=lambda step, loss, t=trial: _report(t, step, loss),
             timeout=setup.config.timeout_per_trial,
             stop_check=check_stop,
         )
         check_stop()  # a stop swallowed while the trial was being set up
         loss, failure, cost = run_one(objective, lr, batch, scale, context, study, trial, cost)
     return event, key, loss, failure, cost, time.perf_counter() - started
+
+
+def _report(trial: Any, step: int, loss: float) -> None:
+    """An intermediate loss, written whole: a stop waits for the write (it is raised in the
+    objective's own code, not inside the storage's)."""
+    with deferred_stops():
+        retry_storage(trial.report, loss, step)
 
 
 def _tell(
@@ -402,7 +410,9 @@ def run_one(
     """Run one trial and tell the study; returns (loss, failure reason, compute used: the
     planned ``cost``, or what a failed run recorded using, :func:`consumed`)."""
     try:
-        loss = objective.run(lr, batch, scale, context)
+        # a stop interrupts an objective's own code anywhere; one that polls is stopped there
+        with contextlib.nullcontext() if objective.checks_stops else interruptible():
+            loss = objective.run(lr, batch, scale, context)
     except TrialFailed as exc:
         used = consumed(cost, scale, context.notes)
         attrs = {**_notes(context), ATTR_FAILURE: exc.reason, ATTR_COMPUTE: used}

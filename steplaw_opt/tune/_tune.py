@@ -53,6 +53,7 @@ from steplaw_opt.tune._study import (
     make_storage,
     open_study,
 )
+from steplaw_opt.tune._workers import retry_opening
 
 
 def tune(
@@ -216,8 +217,9 @@ def run_worker(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = load_tuned_study(study_name, storage)  # refuses missing / foreign studies
-    stored = study.user_attrs.get(ATTR_CONFIG)
+    # a worker started while the database restarts waits for it (retry_opening)
+    study = retry_opening(load_tuned_study, study_name, storage)  # refuses missing / foreign
+    stored = retry_opening(lambda: study.user_attrs.get(ATTR_CONFIG))
     if not isinstance(stored, str):
         raise SteplawInputError(
             f"study {study_name!r} has no worker configuration (made by an older steplaw-opt "
@@ -225,15 +227,17 @@ def run_worker(
         )
     doc = json.loads(stored)
     config = TuneConfig.from_dict(doc)
-    target = study_target(study)
+    target = retry_opening(study_target, study)
     if objective is None:
         objective = objective_from_spec(config.objective_spec, config)
     setup = StudySetup.build(target, config, doc.get("allowed_tokens"))
     hb = heartbeat_interval if heartbeat_interval is not None else config.heartbeat_interval
-    study = optuna.load_study(
-        study_name=study_name,
-        storage=make_storage(optuna, storage, hb),
-        sampler=setup.sampler,
+    study = retry_opening(
+        lambda: optuna.load_study(
+            study_name=study_name,
+            storage=make_storage(optuna, storage, hb),
+            sampler=setup.sampler,
+        )
     )
     if tracker is not None:
         tracker.shared = True
@@ -253,9 +257,7 @@ def objective_from_spec(spec: Any, config: TuneConfig) -> Objective:
     if kind == "command":
         from steplaw_opt.objectives._command import command_objective_from_spec
 
-        return command_objective_from_spec(
-            spec, batch_unit=unit, timeout=config.timeout_per_trial
-        )
+        return command_objective_from_spec(spec, batch_unit=unit, timeout=config.timeout_per_trial)
     if kind == "replay":
         if not Path(spec["grid"]).exists():
             raise SteplawInputError(f"grid file not found on this machine: {spec['grid']!r}")

@@ -16,8 +16,11 @@ copies of one slot ever wait, the lower-numbered one runs and the other is prune
 
 Stops: :func:`stop_signals` turns SIGINT, SIGTERM and SIGHUP into :class:`Stopped` (a
 ``KeyboardInterrupt``), which the loop answers by stopping the job's process group and failing
-the trial ("interrupted", with the signal); :func:`deferred_stops` holds a stop until the
-storage write in progress (a new trial and its owner, a result) is complete.
+the trial ("interrupted", with the signal). The stop is raised at safe points only — the run
+loop, the command objective's wait, between storage retries, anywhere in an objective's own
+code (:func:`interruptible`) — never inside a storage or MLflow call, where it could leave a
+lock held; :func:`deferred_stops` holds it until the storage write in progress (a new trial and
+its owner, a result) is complete.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ CLAIM_WAIT = 60.0  # seconds a new trial waits for older trials to claim their s
 # still without an owner this long after its start lost its process in between (SIGKILL).
 OWNERLESS_AFTER = 30.0
 TRANSIENT_WAIT = 30.0  # seconds a storage that went away (a database restarting) is retried
+OPEN_WAIT = 15.0  # the same, for a worker opening the study
 
 # The trial attributes written here (ATTR_OWNER, ATTR_INTERRUPTED_BY, ATTR_LOST) are named in
 # steplaw_opt._records beside the others.
@@ -80,33 +84,59 @@ def stop_reason(exc: BaseException) -> str:
 
 
 _deferring = 0  # depth of the deferred_stops blocks being run
-_pending: int | None = None  # a signal that arrived inside one
+_interruptible = 0  # depth of the interruptible blocks being run
+_managed = 0  # depth of the stop_signals blocks: stops raised at safe points only
+_pending: int | None = None  # a signal that arrived inside a deferred_stops block
 _asked: int | None = None  # the last stop signal, until stop_signals ends
 
 
 def _on_signal(signum: int, frame: Any) -> None:
+    """Where a stop is raised. Inside :func:`stop_signals`, only where an exception cannot
+    leave a library half-way through a call: in an :func:`interruptible` block (an objective's
+    own code: the built-in trainer, a Python callable), else at the next :func:`check_stop`
+    (the run loop, the command objective's wait, between storage retries, the end of the
+    block). An exception raised at an arbitrary bytecode — inside SQLAlchemy's pool, MLflow's
+    store, a ``__del__`` — can leave a lock held or be swallowed, and a worker that hangs after
+    SIGTERM with its heartbeat thread still beating keeps its trial RUNNING for good (seen in
+    the chaos run). A second signal does not wait."""
     global _pending, _asked
+    second = _asked is not None
     _asked = signum
-    if _deferring and _pending is None:
+    if _deferring and _pending is None and not second:
         _pending = signum  # raised as soon as the storage write in progress is complete
         return
-    raise Stopped(signum)  # a second signal does not wait
+    if second or not _managed or (_interruptible and not _deferring):
+        raise Stopped(signum)
 
 
 def check_stop() -> None:
-    """Raise the stop a signal asked for, if its exception never arrived: Python ignores an
-    exception raised in a ``__del__`` or a weakref callback, and a signal may land there. The
-    run loop and the command objective's wait call this."""
+    """Raise the stop a signal asked for (a safe point: see :func:`_on_signal`). The run loop,
+    the command objective's wait and :func:`retry_storage` call this."""
     if _asked is not None and not _deferring:
         raise Stopped(_asked)
 
 
 @contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """A block a stop may interrupt at any point (an objective's own code: a training loop
+    that never calls :func:`check_stop`); a stop asked before it raises on entry."""
+    global _interruptible
+    check_stop()
+    _interruptible += 1
+    try:
+        yield
+    finally:
+        _interruptible -= 1
+
+
+@contextlib.contextmanager
 def stop_signals() -> Iterator[None]:
-    """While the block runs, SIGINT, SIGTERM and SIGHUP raise :class:`Stopped` in the main
-    thread; the previous handlers come back after. A signal that is ignored (``nohup``, a
-    background job's SIGINT) stays ignored. In another thread: no change."""
-    global _asked
+    """While the block runs, SIGINT, SIGTERM and SIGHUP become :class:`Stopped` in the main
+    thread, raised at safe points (:func:`_on_signal`); a stop that no safe point raised is
+    raised when the block ends. The previous handlers come back after. A signal that is
+    ignored (``nohup``, a background job's SIGINT) stays ignored. In another thread: no
+    change."""
+    global _asked, _managed, _pending
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -116,13 +146,19 @@ def stop_signals() -> Iterator[None]:
         if current is signal.SIG_IGN or current is _on_signal:
             continue
         previous[sig] = signal.signal(sig, _on_signal)
+    _managed += 1
+    asked = None
     try:
         yield
+        asked = _asked if previous else None
     finally:
+        _managed -= 1
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         if previous:
-            _asked = None
+            _asked = _pending = None
+    if asked is not None:  # the work ended before any safe point saw the stop
+        raise Stopped(asked)
 
 
 @contextlib.contextmanager
@@ -466,7 +502,18 @@ def retry_storage(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     (:func:`transient_storage_error`); other errors, and a storage away longer, are raised —
     the latter marked (:func:`gave_up_on_storage`), so that only it is reported as a storage
     that did not recover, never an error of the objective's own that looks like one."""
-    deadline, delay = time.monotonic() + TRANSIENT_WAIT, 0.25
+    return _retry(fn, args, kwargs, TRANSIENT_WAIT)
+
+
+def retry_opening(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """:func:`retry_storage` for :data:`OPEN_WAIT` seconds: a worker that starts while the
+    database restarts waits for it; one given a server that is not there says so in bounded
+    time (a silent server: two connection timeouts)."""
+    return _retry(fn, args, kwargs, OPEN_WAIT)
+
+
+def _retry(fn: Callable[..., Any], args: Any, kwargs: Any, wait: float) -> Any:
+    deadline, delay = time.monotonic() + wait, 0.25
     while True:
         try:
             return fn(*args, **kwargs)
@@ -477,6 +524,7 @@ def retry_storage(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
                 with contextlib.suppress(Exception):  # an exception that takes no attribute
                     setattr(exc, _GAVE_UP, True)
                 raise
+            check_stop()  # a stop does not wait for a database that is away
             time.sleep(delay)
             delay = min(2 * delay, 4.0)
 
@@ -491,6 +539,7 @@ def claim_slot(study: Any, trial: Any, schedule: Sequence[Scale]) -> int | None:
         held, _, pending = slots(retry_storage(all_trials, study), schedule, trial.number)
         if not pending or time.monotonic() > deadline:
             break
+        check_stop()
         time.sleep(0.05)
         if time.monotonic() - checked > 1.0:  # the older trial's process may have died
             retry_storage(recover_lost, study)
