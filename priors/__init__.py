@@ -2,11 +2,13 @@
 
 Law cards (one TOML file per published law, with coefficients, covariance, validity range and
 citation) load as :class:`Law` objects; see ``docs/law-cards.md`` for the schema. Fitting and
-refining laws (:func:`fit_law`, :func:`refine_law`) load on first use, so ``steplaw-opt
-predict`` starts fast.
+refining laws (:func:`fit_law`, :func:`refine_law`) and the priors built from a law
+(:class:`Prior`, :class:`TrustRegion`) load on first use, so ``steplaw-opt predict`` starts fast.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from steplaw_opt._lazy import lazy_getattr
 from steplaw_opt.priors._law import (
@@ -19,9 +21,13 @@ from steplaw_opt.priors._law import (
     load_law,
     round_batch_sequences,
 )
-from steplaw_opt.priors._prior import Prior, TrustRegion
+
+if TYPE_CHECKING:
+    from steplaw_opt.priors._prior import Prior, TrustRegion
 
 _LAZY = {
+    "Prior": "steplaw_opt.priors._prior",
+    "TrustRegion": "steplaw_opt.priors._prior",
     "FORMS": "steplaw_opt.priors._fit",
     "FitResult": "steplaw_opt.priors._fit",
     "Runs": "steplaw_opt.priors._fit",

@@ -12,7 +12,9 @@
   trials, side by side;
 - :mod:`~steplaw_opt.bench._proxy` — ``steplaw-opt bench --proxy``: proxy runs at cheaper
   settings, scored at the target;
-- :mod:`~steplaw_opt.bench._report` — ``--report DIR``: a markdown page and PNG budget curves.
+- :mod:`~steplaw_opt.bench._report` — ``--report DIR``: a markdown page and PNG budget curves;
+- :mod:`~steplaw_opt.bench._startup` — ``steplaw-opt bench --startup``: the cold start of
+  ``steplaw-opt predict`` against importing typer, rich and numpy, in the same run.
 
 Only the grids load eagerly (NumPy): the runner and proxy mode import pandas and Optuna on first
 use, so :mod:`steplaw_opt.objectives` can replay grids without them.

@@ -18,12 +18,12 @@ except ImportError:  # pragma: no cover - older typer on real click
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
 from steplaw_opt.cli._bench import bench
+from steplaw_opt.cli._common import fail, run_command
 from steplaw_opt.cli._fit import fit
 from steplaw_opt.cli._predict import laws_app, predict
 from steplaw_opt.cli._report import report_command
 from steplaw_opt.cli._tune import tune_command
 from steplaw_opt.cli._worker import worker_command
-from steplaw_opt.errors import SteplawInputError
 
 app = typer.Typer(
     name="steplaw-opt",
@@ -32,6 +32,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts are plain: "[sqlite:///steplaw-opt.db]" is a default, not rich markup.
+    rich_markup_mode=None,
 )
 app.add_typer(laws_app, name="laws")
 app.command("predict")(predict)
@@ -43,28 +45,17 @@ app.command("report")(report_command)
 
 
 # --------------------------------------------------------------------------------- entry point
-def _fail(message: str) -> None:
-    print(f"steplaw-opt: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: one-line errors with exit code 2, no tracebacks for bad input."""
+    """Run the typer app on ``argv``: one-line errors with exit code 2, no tracebacks for bad
+    input. (The console entry point, :func:`steplaw_opt.cli.main`, sends a plain ``predict``
+    straight to the function and everything else here.)"""
+    run_command(lambda: _app_call(argv))
+
+
+def _app_call(argv: list[str] | None) -> object:
     try:
-        result = app(args=argv, standalone_mode=False, prog_name="steplaw-opt")
-    except SteplawInputError as exc:
-        _fail(str(exc).splitlines()[0])
+        return app(args=argv, standalone_mode=False, prog_name="steplaw-opt")
     except click_exceptions.ClickException as exc:
         if exc.__class__.__name__ == "NoArgsIsHelpError":
             sys.exit(2)  # typer already printed the help; exit as click does
-        _fail(exc.format_message().replace("\n", " "))
-    except typer.Abort:
-        print("steplaw-opt: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("steplaw-opt: interrupted", file=sys.stderr)
-        sys.exit(130)
-    else:
-        sys.exit(result if isinstance(result, int) else 0)
+        fail(exc.format_message().replace("\n", " "))

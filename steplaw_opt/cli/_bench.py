@@ -42,9 +42,7 @@ def bench(
     ] = None,
     full: Annotated[
         bool,
-        typer.Option(
-            "--full", help="Every method (GP, BoTorch, Thompson) on every shift family."
-        ),
+        typer.Option("--full", help="Every method (GP, BoTorch, Thompson) on every shift family."),
     ] = False,
     report: Annotated[
         str | None,
@@ -67,6 +65,17 @@ def bench(
             help="Also time one suggestion (plateau, botorch, tpe, gp; torch on 1 thread).",
         ),
     ] = False,
+    startup: Annotated[
+        bool,
+        typer.Option(
+            "--startup",
+            help="Only time the cold start of `steplaw-opt predict` against importing typer, "
+            "rich and numpy (median of --repeat fresh runs each, interleaved) and print the ratio.",
+        ),
+    ] = False,
+    repeat: Annotated[
+        int, typer.Option("--repeat", help="With --startup: fresh runs of each command.")
+    ] = 15,
     target_runs: Annotated[
         str,
         typer.Option(
@@ -93,6 +102,9 @@ def bench(
     ] = False,
 ) -> None:
     """Replay benchmark on the released grids: gap to each setting's best loss after k trials."""
+    if startup:
+        _bench_startup(repeat, as_json)
+        return
     if proxy:
         _bench_proxy(grid_csv, budgets, seeds, prior, as_json, target_runs, proxy_targets)
         return
@@ -142,6 +154,20 @@ def bench(
     bench_mod.print_result(console, result)
     if over is not None:
         bench_mod.print_overhead(console, *over)
+
+
+def _bench_startup(repeat: int, as_json: bool) -> None:
+    from steplaw_opt.bench import _startup
+
+    if repeat < 1:
+        raise SteplawInputError(f"--repeat must be >= 1, got {repeat}")
+    result = _startup.measure_startup(repeat)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    console = _console()
+    for line in result.lines():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _bench_proxy(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated, Any
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -99,3 +101,27 @@ def stopped(console: Any, exc: KeyboardInterrupt, what: str) -> typer.Exit:
     with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
         console.print(what.format(by=by))
     return typer.Exit(getattr(exc, "exit_code", 130))
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``steplaw-opt: error: message`` on standard error and exit with code 2."""
+    print(f"steplaw-opt: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_command(call: Callable[[], Any]) -> NoReturn:
+    """Run a command and exit as the console entry point does: an integer result is the exit
+    code; bad input is one line and exit code 2 (no traceback); Ctrl-C is exit code 130."""
+    try:
+        result = call()
+    except SteplawInputError as exc:
+        fail(str(exc).splitlines()[0])
+    except typer.Abort:
+        print("steplaw-opt: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("steplaw-opt: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)

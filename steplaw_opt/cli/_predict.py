@@ -6,7 +6,6 @@ samplers or MLflow.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Annotated, Any
 
@@ -29,7 +28,9 @@ from steplaw_opt.cli._common import (
 )
 from steplaw_opt.cli._common import console as _console
 
-laws_app = typer.Typer(help="List the law cards, or show one.", invoke_without_command=True)
+laws_app = typer.Typer(
+    help="List the law cards, or show one.", invoke_without_command=True, rich_markup_mode=None
+)
 
 
 # --------------------------------------------------------------------------------- predict
@@ -77,6 +78,8 @@ def predict(
     laws = list_laws() if law == "all" else [load_law(law)]
     predictions = [lw.predict(scale, round_batch=rounding) for lw in laws]
     if as_json:
+        import json
+
         docs = [p.to_dict() for p in predictions]
         # Top-level keys describe the first law (the Step Law for --law all), so scripts can
         # read doc["lr"] either way; --law all adds every law under "laws".
