@@ -21,6 +21,9 @@ import pytest
 from steplaw_opt import Scale, SteplawInputError, load_law, parse_size
 from tests.conftest import SHARED_DATA, run_cli
 
+# End to end: the CLI in subprocesses, real files and servers (`-m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 GRID = str(SHARED_DATA / "dense_lr_bs_loss.csv")
 
 
@@ -328,7 +331,15 @@ CLI_CASES = [
     (
         "card-infinite-lr",
         lambda d: [
-            "tune", "--params", "7B", "--tokens", "1T", "--command", "x", "--no-mlflow", "--law",
+            "tune",
+            "--params",
+            "7B",
+            "--tokens",
+            "1T",
+            "--command",
+            "x",
+            "--no-mlflow",
+            "--law",
             _write(d, "i.toml", _LR.replace("1.79", "1e300").replace("-0.713", "5") + _BATCH),
         ],
         "not a usable learning rate",
@@ -361,16 +372,21 @@ CLI_CASES = [
     (
         "worker-command-differs",
         lambda d: [
-            "worker", "--storage", _steplaw_db(d), "--study-name", "made", "--command",
-            "train {lr}", "--no-mlflow",
+            "worker",
+            "--storage",
+            _steplaw_db(d),
+            "--study-name",
+            "made",
+            "--command",
+            "train {lr}",
+            "--no-mlflow",
         ],
         "differs from --command",
     ),
 ]
 
 _LR = (
-    'name = "c"\n[lr]\nform = "power"\ncoefficient = 1.79\n'
-    "exponents = { N = -0.713, D = 0.307 }\n"
+    'name = "c"\n[lr]\nform = "power"\ncoefficient = 1.79\nexponents = { N = -0.713, D = 0.307 }\n'
 )
 _BATCH = '[batch]\nunit = "tokens"\nform = "power"\ncoefficient = 0.58\nexponents = { D = 0.571 }\n'
 

@@ -16,6 +16,9 @@ from steplaw_opt.bench._surface import smooth_surface, walk_trace
 from steplaw_opt.priors import load_law
 from tests.conftest import run_cli
 
+# End to end: the CLI in subprocesses, real files and servers (`-m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 FAST = ("cubic-3%", "quadratic-1.5%")  # the polynomial surfaces (no GP fit) for quick runs
 
 

@@ -21,6 +21,9 @@ from steplaw_opt import Scale, SteplawInputError
 from steplaw_opt.objectives import CallableObjective, CommandObjective
 from steplaw_opt.tune import tune
 
+# End to end: the CLI in subprocesses, real files and servers (`-m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 CLI = [PY, "-m", "steplaw_opt.cli"]

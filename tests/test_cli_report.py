@@ -13,6 +13,9 @@ from steplaw_opt.tune import tune
 from tests.conftest import run_cli
 from tests.test_tracking import TARGET, bowl, mlflow_template  # noqa: F401
 
+# End to end: the CLI in subprocesses, real files and servers (`-m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory, mlflow_template):  # noqa: F811

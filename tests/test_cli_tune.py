@@ -12,6 +12,9 @@ import pytest
 from tests.conftest import run_cli
 from tests.test_tracking import mlflow_template  # noqa: F401
 
+# End to end: the CLI in subprocesses, real files and servers (`-m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 N, D = "214663680", "1e11"
 
 

@@ -24,6 +24,9 @@ import pytest
 
 from tests.conftest import SHARED_DATA, run_cli
 
+# End to end: the CLI in subprocesses, real files and servers (`-m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 GRID = str(SHARED_DATA / "dense_lr_bs_loss.csv")
 REPLAY = ["tune", "--replay", GRID, "--params", "214663680", "--tokens", "1e11"]
 BOUND = 30.0  # seconds: the longest a command may take to give up on a silent server

@@ -22,6 +22,9 @@ from steplaw_opt.objectives import CallableObjective, Objective, RunContext, Tri
 from steplaw_opt.tracking import ATTR_RUN_ID, MlflowTracker, TrackingWarning
 from steplaw_opt.tune import tune
 
+# End to end: the CLI in subprocesses, real files and servers (`-m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 TARGET = Scale(N=4.29e8, D=4e10)
 LAW = load_law("step-law")
 

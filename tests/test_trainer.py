@@ -24,6 +24,9 @@ from steplaw_opt.trainer import (
 )
 from tests.conftest import REPO
 
+# End to end: the CLI in subprocesses, real files and servers (`-m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 # A tiny model and run: 1 layer, d_model 32, 60 steps of 8 sequences of 32 bytes (< 1 s).
 TINY = Scale(d_model=32, d_ff=64, n_layers=1, n_heads=2, seq_len=32, D=60 * 8 * 32)
 

@@ -19,6 +19,9 @@ from steplaw_opt.tune import ATTR_SLOT
 from steplaw_opt.tune._study import make_storage
 from steplaw_opt.tune._workers import claim_slot
 
+# End to end: the CLI in subprocesses, real files and servers (`-m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 GRID = Path(os.environ.get("STEPLAW_DATA", REPO.parent / "shared" / "data" / "steplaw"))
 FINE = 0.15  # the plateau sampler's fine resolution in ln units
@@ -31,8 +34,7 @@ def _studies(tmp_path: Path, n: int = 2) -> list:
     url = f"sqlite:///{tmp_path / 'race.db'}"
     optuna.create_study(study_name="race", storage=url)
     return [
-        optuna.load_study(study_name="race", storage=make_storage(optuna, url, 1))
-        for _ in range(n)
+        optuna.load_study(study_name="race", storage=make_storage(optuna, url, 1)) for _ in range(n)
     ]
 
 

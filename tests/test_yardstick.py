@@ -17,6 +17,9 @@ from steplaw_opt.bench._shift import Shift, ShiftedReplayObjective
 from steplaw_opt.bench._surfaces import gp_surface, noise_free_surfaces, polynomial_surface
 from tests.conftest import run_cli
 
+# Slower: real studies, reports and figures (`-m 'not slow'` skips them).
+pytestmark = pytest.mark.slow
+
 FAST = ("cubic-3%", "quadratic-1.5%")
 
 
