@@ -206,7 +206,7 @@ class PlateauSampler(BaseSampler):
         ...     lr = trial.suggest_float("lr", 1e-4, 3e-2, log=True)
         ...     batch = trial.suggest_int("batch_size", 16, 2048, log=True)
         ...     # a stand-in bowl whose optimum is at 1.3× the law's lr and 0.8× its batch
-        ...     u, v = math.log(lr / 2.25e-3 / 1.3), math.log(batch / 156.7 / 0.8)
+        ...     u, v = math.log(lr / 2.25e-3 / 1.3), math.log(batch / 320.5 / 0.8)
         ...     return 2.5 * math.exp(0.006 * u * u + 0.006 * v * v)
         >>> import math
         >>> study = optuna.create_study(sampler=sampler)

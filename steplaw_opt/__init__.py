@@ -8,7 +8,7 @@ Example:
     >>> from steplaw_opt import Scale, load_law
     >>> p = load_law("step-law").predict(Scale(N=1e9, D=1e11))
     >>> f"{p.lr:.3g}", f"{p.batch_sequences:.0f}"
-    ('0.00142', '541')
+    ('0.00163', '541')
 """
 
 from __future__ import annotations

@@ -123,8 +123,17 @@ def tune_command(
         str | None,
         typer.Option("--storage", help="Optuna storage URL [sqlite:///steplaw-opt.db]."),
     ] = None,
-    study_name: Annotated[str | None, typer.Option("--study-name")] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    study_name: Annotated[
+        str | None,
+        typer.Option(
+            "--study-name",
+            help="The study's name; the same name resumes it [steplaw-<law>-N<size>-D<size>].",
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", help="The sampler's random seed [none: a different run each time]."),
+    ] = None,
     timeout_per_trial: Annotated[
         float | None, typer.Option("--timeout-per-trial", help="Seconds per run.")
     ] = None,
@@ -249,9 +258,7 @@ def tune_command(
         "warmup_fraction": warmup_fraction,
         "decay_fraction": decay_fraction,
     }
-    objective = _objective(
-        command, builtin, replay, corpus, batch_unit, timeout_per_trial, reading
-    )
+    objective = _objective(command, builtin, replay, corpus, batch_unit, timeout_per_trial, reading)
 
     from rich.console import Console
 
