@@ -27,6 +27,7 @@ from steplaw_opt.cli._common import (
     parse_rounding,
 )
 from steplaw_opt.cli._common import console as _console
+from steplaw_opt.errors import SteplawInputError
 
 laws_app = typer.Typer(
     help="List the law cards, or show one.", invoke_without_command=True, rich_markup_mode=None
@@ -77,6 +78,8 @@ def predict(
     rounding = parse_rounding(round_batch)
     laws = list_laws() if law == "all" else [load_law(law)]
     predictions = [lw.predict(scale, round_batch=rounding) for lw in laws]
+    if law != "all" and predictions[0].missing:  # the one law asked for cannot answer
+        raise SteplawInputError(f"--law {law}: cannot predict: {predictions[0].missing}")
     if as_json:
         import json
 
