@@ -53,6 +53,21 @@ def test_report_markdown(tuned, tmp_path):
     assert r.stdout.count("| COMPLETE |") == result.n_complete
 
 
+def test_report_prints_the_optimum_as_tune_does(tuned):
+    """lr to three significant digits as tune prints it, the batch as whole sequences, and a
+    predicted loss that says why it is missing (only proxy runs: no loss at the target)."""
+    result, storage, _ = tuned
+    r = run_cli("report", result.study_name, "--storage", storage, "--no-plots")
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert f"{result.refined.lr:.3g}" in text
+    assert f"{result.refined.batch_sequences_rounded:,.0f}" in text
+    if result.refined.predicted_loss is None:
+        assert "no run at the target scale" in text
+    else:
+        assert f"{result.refined.predicted_loss:.4f}" in text
+
+
 def test_report_from_the_mlflow_run(tuned, tmp_path):
     result, _, uri = tuned
     out = tmp_path / "from-run"

@@ -282,6 +282,10 @@ def _fmt(value: Any, kind: str = "g") -> str:
         return "—"
     if kind == "pct":
         return f"{value:.3%}"
+    if kind == "lr":  # as tune prints the refined optimum
+        return f"{value:.3g}"
+    if kind == "count":
+        return f"{value:,.0f}"
     if kind == "size":
         from steplaw_opt.sizes import format_size
 
@@ -301,15 +305,23 @@ def _optimum_rows(opt: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     b95 = opt.get("batch_tokens_interval_95")
     plateau_b = opt.get("plateau_batch_tokens")
     return [
-        ("learning rate", _fmt(opt.get("lr")), rng(opt.get("lr_interval_95")),
-         rng(opt.get("plateau_lr"))),
+        ("learning rate", _fmt(opt.get("lr"), "lr"), rng(opt.get("lr_interval_95"), "lr"),
+         rng(opt.get("plateau_lr"), "lr")),
         ("batch (tokens)", _fmt(opt.get("batch_tokens"), "size"), rng(b95, "size"),
          rng(plateau_b, "size")),
-        (f"batch (sequences of {int(seq)})", _fmt(opt.get("batch_sequences_rounded")),
-         rng([x / seq for x in b95] if b95 else None),
-         rng([x / seq for x in plateau_b] if plateau_b else None)),
-        ("predicted loss", _fmt(opt.get("predicted_loss")), "", ""),
+        (f"batch (sequences of {int(seq)})", _fmt(opt.get("batch_sequences_rounded"), "count"),
+         rng([x / seq for x in b95] if b95 else None, "count"),
+         rng([x / seq for x in plateau_b] if plateau_b else None, "count")),
+        ("predicted loss", _predicted(opt.get("predicted_loss")), "", ""),
     ]  # fmt: skip
+
+
+def _predicted(value: Any) -> str:
+    """The bowl's loss at the recommendation, at the target; none without a run there (each
+    proxy scale has its own loss offset, so proxies alone do not give the target's loss)."""
+    if value is None:
+        return "— (no run at the target scale)"
+    return f"{value:.4f}"  # as tune prints it
 
 
 def _trial_cells(row: dict[str, Any]) -> list[str]:
