@@ -117,3 +117,31 @@ def test_batch_multiple_and_bounds(tmp_path):
             batch_multiple=10_000,
             batch_bounds=(16, 2048),
         )
+
+
+def test_intermediate_losses_reach_the_display_with_the_runs_steps():
+    """An objective's intermediate losses become "progress" events (step, the run's steps,
+    elapsed, the budget) between its start and end, and the progress line reads them."""
+    from steplaw_opt.cli._render_tune import run_line
+    from steplaw_opt.objectives import Objective, RunContext
+
+    class Reporting(Objective):
+        def run(self, lr: float, batch_size: float, scale: Scale, context: RunContext) -> float:
+            assert context.report is not None
+            for step in (10, 20, 30):
+                context.report(step, 5.0 - step / 100)
+            return bowl(lr, batch_size, scale)
+
+    events = []
+    tune(TARGET, Reporting(), storage=":memory:", seed=0, n_trials=2, on_trial=events.append)
+    first = [e for e in events if e.number == 0]
+    assert [e.phase for e in first] == ["start", "progress", "progress", "progress", "end"]
+    step = first[2]
+    tokens_per_step = step.batch_size * step.scale.seq_len
+    assert step.step == 20
+    assert step.total_steps == math.ceil(step.scale.D / tokens_per_step)
+    assert step.loss == pytest.approx(4.8) and step.seconds >= 0 and step.budget == 1.0
+    line = run_line(step, "D=2.5B")
+    assert line.startswith(f"run 1/{step.planned} (trial 0) at D=2.5B")
+    assert f"step 20/{step.total_steps:,}" in line and "loss 4.8000" in line and "left" in line
+    assert "spent 0 of 1" in line

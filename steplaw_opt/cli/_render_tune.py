@@ -49,7 +49,9 @@ def print_header(console: Console, target: Scale, law: Law, plan: ProxyPlan, sou
 
 
 class TrialDisplay:
-    """One line per finished run above a progress bar."""
+    """One line per finished run above a progress bar, whose description follows the running
+    run: which run of the plan, its point, and from its intermediate losses its step, latest
+    loss, elapsed time and an estimate of the rest (elapsed × steps left ÷ steps done)."""
 
     def __init__(self, console: Console, total: int, *, enabled: bool = True) -> None:
         self.console = console
@@ -79,12 +81,8 @@ class TrialDisplay:
         if not self.enabled:
             return
         where = f"D={format_size(event.scale.D or 0)}"
-        if event.phase == "start":
-            self.progress.update(
-                self.task,
-                description=f"trial {event.number} at {where}: lr {event.lr:.3g}, "
-                f"batch {event.batch_size:g}",
-            )
+        if event.phase in ("start", "progress"):
+            self.progress.update(self.task, description=run_line(event, where))
             return
         if not self._header:
             self.console.print(
@@ -99,6 +97,35 @@ class TrialDisplay:
             f"{loss:>9}  {best:>9}  {event.compute_spent:>7.3f}  {event.seconds:>6.1f}"
         )
         self.progress.advance(self.task)
+
+
+def run_line(event: Any, where: str) -> str:
+    """The running run, as the progress bar describes it."""
+    text = (
+        f"run {event.index + 1}/{event.planned} (trial {event.number}) at {where}: "
+        f"lr {event.lr:.3g}, batch {event.batch_size:g}"
+    )
+    if event.budget:
+        text += f" · spent {event.compute_spent:.3g} of {event.budget:g}"
+    if event.phase != "progress" or event.step is None:
+        return text
+    text += f" · step {event.step:,}"
+    if event.total_steps:
+        text += f"/{event.total_steps:,}"
+    text += f", loss {event.loss:.4f}, {_duration(event.seconds)}"
+    if event.total_steps and 0 < event.step < event.total_steps:
+        left = event.seconds * (event.total_steps - event.step) / event.step
+        text += f", ~{_duration(left)} left"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:02.0f} min"
 
 
 def print_result(console: Console, result: Any) -> None:

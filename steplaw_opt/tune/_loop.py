@@ -29,6 +29,7 @@ from steplaw_opt._records import (
 )
 from steplaw_opt.errors import SteplawInputError, SteplawStorageError
 from steplaw_opt.objectives import Objective, RunContext, TrialFailed
+from steplaw_opt.objectives._command import steps_for
 from steplaw_opt.scale import Scale
 from steplaw_opt.tune import _workers
 from steplaw_opt.tune._config import StudySetup
@@ -293,6 +294,7 @@ def _run_trial(
             scale=scale,
             lr=lr,
             batch_size=batch,
+            budget=setup.config.budget,
         )
         if on_trial is not None:
             on_trial(
@@ -308,9 +310,28 @@ def _run_trial(
             )
         if tracker is not None:
             tracker.trial_started(study, trial.number)
+        per_unit = 1.0 if setup.config.batch_unit == "tokens" else float(scale.seq_len)
+        total = steps_for(float(scale.D or 0), float(batch) * per_unit)
+
+        def progress(step: int, loss: float) -> None:  # an intermediate loss: the display's
+            if on_trial is not None:
+                on_trial(
+                    TrialEvent(
+                        **event,
+                        loss=float(loss),
+                        failure=None,
+                        best=best.get(key),
+                        compute_spent=spent,
+                        seconds=time.perf_counter() - started,
+                        phase="progress",
+                        step=int(step),
+                        total_steps=total,
+                    )
+                )
+
         context = RunContext(
             trial_number=trial.number,
-            report=lambda step, loss, t=trial: _report(t, step, loss),
+            report=lambda step, loss, t=trial: _report(t, step, loss, progress),
             timeout=setup.config.timeout_per_trial,
             stop_check=check_stop,
         )
@@ -319,11 +340,15 @@ def _run_trial(
     return event, key, loss, failure, cost, time.perf_counter() - started
 
 
-def _report(trial: Any, step: int, loss: float) -> None:
-    """An intermediate loss, written whole: a stop waits for the write (it is raised in the
-    objective's own code, not inside the storage's)."""
+def _report(
+    trial: Any, step: int, loss: float, progress: Callable[[int, float], None] | None = None
+) -> None:
+    """An intermediate loss, written whole (a stop waits for the write: it is raised in the
+    objective's own code, not inside the storage's), then shown."""
     with deferred_stops():
         retry_storage(trial.report, loss, step)
+    if progress is not None and math.isfinite(loss):
+        progress(step, loss)
 
 
 def _tell(

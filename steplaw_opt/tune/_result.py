@@ -23,8 +23,11 @@ class TrialEvent:
     failure: str | None
     best: float | None  # the best loss so far at this run's scale
     compute_spent: float
-    seconds: float
-    phase: Literal["start", "end"]
+    seconds: float  # the run's wall time so far ("progress") or in all ("end")
+    phase: Literal["start", "progress", "end"]
+    step: int | None = None  # "progress": the step of the latest intermediate loss
+    total_steps: int | None = None  # the run's steps (its tokens ÷ its batch in tokens)
+    budget: float | None = None  # the study's budget, in target-run equivalents
 
 
 @dataclass
