@@ -48,6 +48,35 @@ def print_header(console: Console, target: Scale, law: Law, plan: ProxyPlan, sou
     console.print(f"compute in target-run equivalents (budget {plan.budget:g})")
 
 
+# Sustained training throughput of the built-in trainer, FLOP/s, for an order-of-magnitude wall
+# time (6·N·D FLOPs a run): on CPU what its small models reach on two cores here, evaluation and
+# start-up included (the demo: ~5e9); on a GPU a bf16 run at ~30 % of an A100's peak.
+BUILTIN_FLOPS = {"cpu": 5e9, "cuda": 1e14}
+INFEASIBLE_SECONDS = 24 * 3600.0  # a plan longer than this on the machine at hand: say so
+
+
+def plan_seconds(plan: ProxyPlan, target: Scale, device: str) -> float:
+    """Order-of-magnitude wall time of ``plan`` with the built-in trainer on ``device``."""
+    flops = 6.0 * float(target.N or 0) * float(target.D or 0) * plan.compute
+    return flops / BUILTIN_FLOPS["cuda" if device.startswith("cuda") else "cpu"]
+
+
+def print_wall_time(console: Console, plan: ProxyPlan, target: Scale, device: str) -> None:
+    """The built-in trainer's plan in time, and a warning when it cannot finish here."""
+    seconds = plan_seconds(plan, target, device)
+    rate = BUILTIN_FLOPS["cuda" if device.startswith("cuda") else "cpu"]
+    console.print(
+        f"wall time with the built-in trainer on {device}: about {_duration(seconds)} "
+        f"(6·N·D FLOPs a run at ~{rate:.0e} FLOP/s; an order of magnitude)"
+    )
+    if seconds > INFEASIBLE_SECONDS:
+        console.print(
+            f"[yellow]warning:[/yellow] this plan is not feasible on this machine ({device}): "
+            "the built-in trainer is for small targets and demos. Tune a smaller target, or run "
+            "your own trainer where it trains (--command, docs/commands.md)."
+        )
+
+
 class TrialDisplay:
     """One line per finished run above a progress bar, whose description follows the running
     run: which run of the plan, its point, and from its intermediate losses its step, latest
@@ -125,7 +154,11 @@ def _duration(seconds: float) -> str:
         return f"{seconds:.0f} s"
     if seconds < 3600:
         return f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
-    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:02.0f} min"
+    if seconds < 86400 * 3:
+        return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:02.0f} min"
+    if seconds < 86400 * 365:
+        return f"{seconds / 86400:.0f} days"
+    return f"{seconds / (86400 * 365):.2g} years"
 
 
 def print_result(console: Console, result: Any) -> None:

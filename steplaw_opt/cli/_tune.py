@@ -298,6 +298,10 @@ def tune_command(
         target_runs=config.target_runs,
     )
     render.print_header(console, target, law_obj, plan, objective.name)
+    if objective.name == "builtin":
+        from steplaw_opt.trainer import default_device
+
+        render.print_wall_time(console, plan, target, objective.device or default_device())
     if dry_run:
         if as_json:
             print(json.dumps({"plan": plan.to_dict()}, indent=2))
