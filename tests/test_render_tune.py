@@ -44,3 +44,4 @@ def test_durations_read_as_people_say_them() -> None:
     assert _duration(7200) == "2 h 00 min"
     assert _duration(86400 * 10) == "10 days"
     assert _duration(86400 * 365 * 3) == "3 years"
+    assert _duration(86400 * 365 * 3804.2) == "3,804 years"

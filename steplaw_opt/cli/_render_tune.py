@@ -158,7 +158,8 @@ def _duration(seconds: float) -> str:
         return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:02.0f} min"
     if seconds < 86400 * 365:
         return f"{seconds / 86400:.0f} days"
-    return f"{seconds / (86400 * 365):.2g} years"
+    years = seconds / (86400 * 365)
+    return f"{years:.2g} years" if years < 10 else f"{years:,.0f} years"
 
 
 def print_result(console: Console, result: Any) -> None:
