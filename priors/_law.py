@@ -41,6 +41,8 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 # batch under one token is a card's numbers gone wrong, not a recommendation.
 LR_RANGE = (0.0, 1.0)
 MIN_BATCH_TOKENS = 1.0
+# An unusable card's reason ends up in a one-line error: one line, a sentence or two at most.
+MAX_REASON_CHARS = 300
 # ln of the largest float: exp() of anything larger overflows.
 _LN_MAX = math.log(sys.float_info.max)
 
@@ -60,6 +62,12 @@ class MissingVariableError(SteplawInputError):
 class UnusablePredictionError(SteplawInputError):
     """The law's formula gives a value no run can use at this scale (infinite, zero, negative,
     or outside :data:`LR_RANGE` / below :data:`MIN_BATCH_TOKENS`)."""
+
+
+class UnusableLawError(SteplawInputError):
+    """The card is marked ``usable = false``: it loads and can be shown (``steplaw-opt laws
+    show``), but it neither predicts nor serves as a prior; the message names the card and the
+    card's ``unusable_reason``."""
 
 
 def show_value(value: Any, limit: int = 60) -> str:
@@ -250,6 +258,8 @@ class Law:
     notes: str = ""
     warning: str = ""  # one line shown beside every prediction (an unverified coefficient, say)
     source: str = ""  # where the card was read from
+    usable: bool = True  # False: the card loads and shows, but never predicts or serves as a prior
+    unusable_reason: str = ""  # one line: why (only when usable is False)
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
@@ -302,6 +312,9 @@ class Law:
             out["notes"] = self.notes
         if self.warning:
             out["warning"] = self.warning
+        if not self.usable:
+            out["usable"] = False
+            out["unusable_reason"] = self.unusable_reason
         c = self.citation
         out["citation"] = {
             "authors": c.authors,
@@ -336,6 +349,20 @@ class Law:
         return out
 
     # ----------------------------------------------------------------------------- evaluation
+    def require_usable(self) -> None:
+        """Refuse, in one line naming the card and its reason, a card marked ``usable = false``.
+
+        Every use of a law at a scale (a prediction, an interval, a prior, a search space's
+        origin) goes through :meth:`available_values`, which calls this first; code that
+        inspects a law's formulas before evaluating it (:class:`~steplaw_opt.space.LawSpace`,
+        the refinement's prior) calls it up front so that its own checks do not hide the reason.
+        """
+        if not self.usable:
+            raise UnusableLawError(
+                f"law {self.name!r} is marked unusable and cannot predict or serve as a prior: "
+                f"{self.unusable_reason} (`steplaw-opt laws show {self.name}` shows the card)"
+            )
+
     @property
     def required_variables(self) -> tuple[str, ...]:
         names: list[str] = []
@@ -345,7 +372,10 @@ class Law:
         return tuple(names)
 
     def available_values(self, scale: Scale) -> dict[str, float]:
-        """Every variable this law could use that ``scale`` determines."""
+        """Every variable this law could use that ``scale`` determines; the one door through
+        which the law meets a scale, so an unusable card is refused here
+        (:class:`UnusableLawError`)."""
+        self.require_usable()
         values: dict[str, float] = {"N": float(scale.N or 0), "D": float(scale.D or 0)}
         m = scale.M
         if m is not None:
@@ -670,6 +700,7 @@ def _parse_card(data: Mapping[str, Any], source: str) -> Law:
                 f"{show_value(sds)}"
             )
         residual = (float(sds[0]), float(sds[1]))  # type: ignore[arg-type]
+    usable, unusable_reason = _parse_usable(card, data)
     return Law(
         name=name,
         title=title,
@@ -687,7 +718,30 @@ def _parse_card(data: Mapping[str, Any], source: str) -> Law:
         notes=card.text(data, "notes", "notes", ""),
         warning=card.text(data, "warning", "warning", ""),
         source=source,
+        usable=usable,
+        unusable_reason=unusable_reason,
     )
+
+
+def _parse_usable(card: _Card, data: Mapping[str, Any]) -> tuple[bool, str]:
+    """``usable`` (true or false, default true) and ``unusable_reason`` (one line of text,
+    required when ``usable = false`` and only then)."""
+    usable = data.get("usable", True)
+    if not isinstance(usable, bool):
+        raise card.fail(f"usable must be true or false, got {show_value(usable)}")
+    reason = card.text(data, "unusable_reason", "unusable_reason", "").strip()
+    if usable:
+        if reason:
+            raise card.fail("unusable_reason is given but usable is not false")
+        return True, ""
+    if not reason:
+        raise card.fail("usable = false needs an unusable_reason (one line: why)")
+    if "\n" in reason or "\r" in reason or len(reason) > MAX_REASON_CHARS:
+        raise card.fail(
+            f"unusable_reason must be one line of at most {MAX_REASON_CHARS} characters, got "
+            f"{show_value(reason)}"
+        )
+    return False, reason
 
 
 def _parse_covariance(
@@ -755,12 +809,11 @@ def _shipped_cards() -> dict[str, Law]:
     return laws
 
 
-def list_laws() -> list[Law]:
-    """Every shipped law card, Step Law first."""
-    laws = _shipped_cards()
-    return sorted(
-        laws.values(), key=lambda law: (law.name != "step-law", law.citation.year, law.name)
-    )
+def list_laws(*, include_unusable: bool = False) -> list[Law]:
+    """The shipped law cards, Step Law first: the usable ones (``predict --law all``), or every
+    card with ``include_unusable=True`` (``steplaw-opt laws``, which marks the unusable ones)."""
+    laws = [law for law in _shipped_cards().values() if include_unusable or law.usable]
+    return sorted(laws, key=lambda law: (law.name != "step-law", law.citation.year, law.name))
 
 
 def load_law(law: str | Path | Law) -> Law:

@@ -180,9 +180,10 @@ def prior_moments(law: Law) -> tuple[tuple[str, ...], tuple[str, ...], np.ndarra
     """The card as a Gaussian over log-space coefficients (batch intercept in tokens).
 
     Raises:
-        SteplawInputError: the card is not a power law in both quantities, has no
-            ``[covariance]``, or uses variables other than N, D and C = 6ND.
+        SteplawInputError: the card is marked unusable, is not a power law in both quantities,
+            has no ``[covariance]``, or uses variables other than N, D and C = 6ND.
     """
+    law.require_usable()  # the coefficients are read directly, not through an evaluation
     lr_f, b_f = law.lr_formula, law.batch_formula
     if lr_f is None or b_f is None or lr_f.form != "power" or b_f.form != "power":
         raise SteplawInputError(

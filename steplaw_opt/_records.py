@@ -36,6 +36,7 @@ ATTR_BATCH_UNIT = "steplaw.batch_unit"
 ATTR_BUDGET = "steplaw.budget"
 ATTR_CONFIG = "steplaw.config"  # everything a worker needs to join the study (JSON)
 ATTR_OBJECTIVE = "steplaw.objective"  # what the study tunes (kind, description, key)
+ATTR_DEMO_CHECK = "steplaw.demo_check"  # tune --demo: the full runs at the law / refined point
 
 # Trial user attributes.
 SCALE_ATTRS = {"N": "steplaw.N", "D": "steplaw.D", "seq_len": "steplaw.seq_len"}

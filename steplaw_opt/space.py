@@ -54,6 +54,7 @@ class LawSpace:
             raise SteplawInputError(
                 f"batch_unit must be 'sequences' or 'tokens', got {self.batch_unit!r}"
             )
+        self.law.require_usable()  # before the checks below, which would hide the reason
         if self.law.lr_formula is None or self.law.batch_formula is None:
             raise SteplawInputError(
                 f"law {self.law.name!r} must predict both lr and batch to serve as a prior"

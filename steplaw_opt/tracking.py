@@ -411,6 +411,25 @@ class MlflowTracker:
                 "answers to complete the record"
             )
 
+    def log_demo_check(self, check: dict[str, Any]) -> None:
+        """``tune --demo``'s final check on the parent run: the held-out loss of one full
+        target run at the law's point and one at the refined optimum, and the gain."""
+        if not self.enabled or self._run_id is None:
+            return
+        law, refined = float(check["law"]["loss"]), float(check["refined"]["loss"])
+        metrics = {
+            "demo.law_loss": law,
+            "demo.refined_loss": refined,
+            "demo.gain_pct": 100.0 * (1.0 - refined / law),
+        }
+        run_id = self._run_id
+
+        def log() -> None:
+            for key, value in metrics.items():
+                self.client().log_metric(run_id, key, value)
+
+        self._guard("record the demo's final check", log)
+
     def abort(self, exc: BaseException) -> None:
         """The study stopped on ``exc``: end every open run FAILED (KILLED for Ctrl-C)."""
         if not self.enabled or self._study is None or self._ended:

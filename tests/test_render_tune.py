@@ -10,6 +10,7 @@ from rich.console import Console
 from steplaw_opt import Scale
 from steplaw_opt.cli._render_tune import _duration, plan_seconds, print_wall_time
 from steplaw_opt.tune import plan_proxies
+from tests.test_tracking import mlflow_template  # noqa: F401
 
 
 def _printed(target: Scale, device: str) -> str:
@@ -45,3 +46,61 @@ def test_durations_read_as_people_say_them() -> None:
     assert _duration(86400 * 10) == "10 days"
     assert _duration(86400 * 365 * 3) == "3 years"
     assert _duration(86400 * 365 * 3804.2) == "3,804 years"
+
+
+def test_the_demo_check_is_recorded_in_the_study_and_reused(tmp_path, monkeypatch) -> None:
+    import json
+    from types import SimpleNamespace
+
+    import optuna
+
+    import steplaw_opt.trainer
+    from steplaw_opt.cli._tune import _demo_check
+
+    calls = []
+
+    def train(lr, batch, target, seed=0):  # a stand-in for the full target run
+        calls.append((lr, batch))
+        return SimpleNamespace(loss=3.0 if len(calls) % 2 else 2.7, seconds=1.0)
+
+    monkeypatch.setattr(steplaw_opt.trainer, "train", train)
+    storage = f"sqlite:///{tmp_path}/demo.db"
+    optuna.create_study(study_name="demo", storage=storage)
+    target = Scale(N=1e5, D=1e6, seq_len=128)
+    result = SimpleNamespace(
+        study_name="demo",
+        law_lr=0.03,
+        law_batch_tokens=12 * 128,
+        refined=SimpleNamespace(lr=0.002, batch_sequences=2.2),
+    )
+    console = Console(file=io.StringIO())
+    first = _demo_check(console, result, target, True, storage)
+    assert len(calls) == 2 and first["refined"]["batch_size"] == 2
+    study = optuna.load_study(study_name="demo", storage=storage)
+    assert json.loads(study.user_attrs["steplaw.demo_check"]) == first
+    again = _demo_check(console, result, target, True, storage)  # a repeated --demo
+    assert again == first and len(calls) == 2
+    result.refined.lr = 0.0025  # another refined point: trained again
+    _demo_check(console, result, target, False, storage)
+    assert len(calls) == 4
+
+
+def test_the_demo_check_goes_to_the_mlflow_parent_run(tmp_path, mlflow_template) -> None:  # noqa: F811
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from steplaw_opt.objectives import CallableObjective
+    from steplaw_opt.tracking import MlflowTracker
+    from steplaw_opt.tune import tune
+
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with MlflowTracker(uri, plots=False) as tracker:
+        tune(Scale(N=4.29e8, D=4e10), CallableObjective(lambda lr, b, s: 3.0 + lr), n_trials=2,
+             storage=":memory:", seed=0, tracker=tracker)  # fmt: skip
+    check = {"law": {"loss": 3.0}, "refined": {"loss": 2.7}}
+    tracker.log_demo_check(check)
+    metrics = MlflowClient(uri).get_run(tracker.run_id).data.metrics
+    assert metrics["demo.law_loss"] == 3.0 and metrics["demo.refined_loss"] == 2.7
+    assert abs(metrics["demo.gain_pct"] - 10.0) < 1e-9

@@ -113,13 +113,13 @@ def _finite(value: Any) -> Any:
 # --------------------------------------------------------------------------------- laws
 @laws_app.callback()
 def laws_list(ctx: typer.Context) -> None:
-    """List the shipped law cards."""
+    """List the shipped law cards (unusable ones marked)."""
     if ctx.invoked_subcommand is not None:
         return
     from steplaw_opt.cli import _render
     from steplaw_opt.priors import list_laws
 
-    _render.print_laws(_console(), list_laws())
+    _render.print_laws(_console(), list_laws(include_unusable=True))
 
 
 @laws_app.command("show")

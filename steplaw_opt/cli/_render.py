@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from steplaw_opt.priors import Law, Prediction
@@ -71,7 +72,7 @@ def print_prediction(console: Console, law: Law, p: Prediction) -> None:
             "(x_sᵀ Σ x_s from the card's covariance)."
         )
     if law.warning:
-        console.print(f"[yellow]Warning:[/yellow] {law.warning}")
+        console.print(f"[yellow]Warning:[/yellow] {escape(law.warning)}")
     if p.extrapolated:
         ranges = ", ".join(
             f"{v} ∈ [{format_size(law.validity[v][0])}, {format_size(law.validity[v][1])}]"
@@ -96,9 +97,9 @@ def print_predictions(console: Console, laws: Sequence[Law], preds: Sequence[Pre
         lr95 = next((i for i in p.lr_intervals if i.mass == 0.95), None)
         said = []
         if law.warning:
-            said.append(f"[yellow]{law.warning}[/yellow]")
+            said.append(f"[yellow]{escape(law.warning)}[/yellow]")
         if p.missing:
-            said.append(p.missing)
+            said.append(escape(p.missing))
         if law.lr_meaning != "peak" and p.lr is not None:
             said.append(f"its lr is the {law.lr_meaning} lr, not the peak")
         if p.extrapolated:
@@ -126,25 +127,39 @@ def print_laws(console: Console, laws: Sequence[Law]) -> None:
     table.add_column("learning rate")
     table.add_column("batch")
     table.add_column("fitted on")
+    unusable = [law for law in laws if not law.usable]
     for law in laws:
         fitted = ", ".join(
             f"{v} {format_size(lo)}–{format_size(hi)}" for v, (lo, hi) in law.validity.items()
         )
+        name = law.name if law.usable else f"{law.name} (unusable)"
         table.add_row(
-            law.name, law.citation.short(), _formula(law, "lr"), _formula(law, "batch"), fitted
+            name, law.citation.short(), _formula(law, "lr"), _formula(law, "batch"), fitted
         )
     console.print(table)
+    for law in unusable:
+        console.print(
+            f"[red]Unusable[/red] {law.name}: {escape(law.unusable_reason)} Listed for "
+            "reference only: `predict --law all` leaves it out; predict, tune and bench refuse it.",
+            highlight=False,
+        )
     console.print("Show one with: steplaw-opt laws show NAME")
 
 
 def print_law(console: Console, law: Law) -> None:
-    console.print(f"[bold]{law.title}[/bold]  ({law.name})")
+    console.print(f"[bold]{escape(law.title)}[/bold]  ({escape(law.name)})")
+    if not law.usable:
+        console.print(
+            f"[red]Unusable:[/red] {escape(law.unusable_reason)} It does not predict and does "
+            "not serve as a prior; it is shown for reference."
+        )
     c = law.citation
-    console.print(f"{c.authors} ({c.year}). {c.title}. {c.venue} {c.arxiv} {c.url}".rstrip())
+    cite = f"{c.authors} ({c.year}). {c.title}. {c.venue} {c.arxiv} {c.url}".rstrip()
+    console.print(escape(cite))
     console.print(f"learning rate ({law.lr_meaning}): {_formula(law, 'lr')}")
     console.print(f"batch: {_formula(law, 'batch')}")
     for var, text in law.variables.items():
-        console.print(f"  {var}: {text}")
+        console.print(f"  {var}: {escape(text)}")
     if law.compute:
         console.print(f"  C = {'6·N·D' if law.compute == '6ND' else 'M·D'}")
     for var, (lo, hi) in law.validity.items():
@@ -157,7 +172,7 @@ def print_law(console: Console, law: Law) -> None:
             f"{law.residual_sd[1]:.3f} (ln batch)"
         )
     if law.warning:
-        console.print(f"[yellow]Warning:[/yellow] {law.warning}")
+        console.print(f"[yellow]Warning:[/yellow] {escape(law.warning)}")
     if law.notes:
-        console.print(law.notes)
-    console.print(f"card: {law.source}")
+        console.print(escape(law.notes))  # notes name card tables ([batch]): not markup
+    console.print(f"card: {escape(law.source)}")

@@ -364,7 +364,10 @@ def tune_command(
             file=sys.stderr,
         )
         raise typer.Exit(1)
-    check = _demo_check(console, result, target, not as_json) if demo else None
+    check = None
+    if demo:
+        check = _demo_check(console, result, target, not as_json, storage)
+        tracker.log_demo_check(check)
     if as_json:
         doc = result.to_dict()
         if check is not None:
@@ -393,25 +396,47 @@ def _bounds(name: str, low: float | None, high: float | None) -> tuple[float, fl
     return (low, high)
 
 
-def _demo_check(console: Any, result: Any, target: Any, show: bool) -> dict[str, Any]:
+def _demo_check(
+    console: Any, result: Any, target: Any, show: bool, storage: str | None
+) -> dict[str, Any]:
     """The demo's proof: one full target run at the law's point and one at the refined
-    optimum (the built-in trainer, same seed), so the gain is measured, not predicted."""
+    optimum (the built-in trainer, same seed), so the gain is measured, not predicted. The
+    check is recorded in the study (``steplaw.demo_check``); a repeated ``--demo`` whose points
+    are the recorded ones reuses it instead of training again."""
+    import optuna
+
+    from steplaw_opt._records import ATTR_DEMO_CHECK
     from steplaw_opt.trainer import train
+    from steplaw_opt.tune._study import DEFAULT_STORAGE
 
     seq = target.seq_len
     points = {
-        "law": (result.law_lr, result.law_batch_tokens / seq),
-        "refined": (result.refined.lr, result.refined.batch_sequences),
+        name: (float(lr), max(2, round(batch)))
+        for name, (lr, batch) in {
+            "law": (result.law_lr, result.law_batch_tokens / seq),
+            "refined": (result.refined.lr, result.refined.batch_sequences),
+        }.items()
     }
+    study = optuna.load_study(study_name=result.study_name, storage=storage or DEFAULT_STORAGE)
+    recorded = study.user_attrs.get(ATTR_DEMO_CHECK)
+    if isinstance(recorded, str):
+        old = json.loads(recorded)
+        if all(
+            (old.get(name, {}).get("lr"), old.get(name, {}).get("batch_size")) == point
+            for name, point in points.items()
+        ):
+            if show:
+                console.print("the final check at these two points is in the study: reused")
+            return old
     out: dict[str, Any] = {}
-    for name, (lr, batch) in points.items():
-        batch_int = max(2, round(batch))
+    for name, (lr, batch_int) in points.items():
         if show:
             console.print(
                 f"training the target at the {name} point: lr {lr:.3g}, batch {batch_int}"
             )
         run = train(lr, batch_int, target, seed=0)
         out[name] = {"lr": lr, "batch_size": batch_int, "loss": run.loss, "seconds": run.seconds}
+    study.set_user_attr(ATTR_DEMO_CHECK, json.dumps(out))
     return out
 
 
