@@ -106,3 +106,21 @@ def test_a_study_with_no_finished_trial_still_draws(tmp_path):
     empty = optuna.create_study(sampler=PlateauSampler(TARGET, seed=0))
     plot = landscape_plot(empty)
     assert plot.data["trials"] == [] and plot.data["n_observed"] == 0
+
+
+def test_landscape_is_legible(study):
+    """Zoomed to the runs and regions, prior and trust region drawn apart, numbers clear."""
+    plot = landscape_plot(study)
+    fig = plot.figure
+    ax = fig.axes[0]
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    for p in plot.data["trials"]:
+        assert x0 <= p["lr"] <= x1 and y0 <= p["batch_tokens"] <= y1
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    prior, trust = lines["law's prior (99 %)"], lines["trust region"]
+    assert prior.get_color() != trust.get_color()
+    assert prior._dash_pattern != trust._dash_pattern  # dotted against dashed
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in ax.texts if t.get_text().isdigit()]
+    overlaps = sum(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    assert len(boxes) == len(study.trials) and overlaps <= 1

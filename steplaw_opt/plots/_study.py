@@ -204,11 +204,18 @@ def landscape_plot(study: Any, sampler: Any = None, refined: Any = None) -> Plot
     ax.clabel(lines, fmt=lambda g: f"{g:.2%}", fontsize=7)
     cbar = fig.colorbar(filled, ax=ax, ticks=GAP_LEVELS)
     cbar.ax.set_yticklabels([f"{g:.2%}" for g in GAP_LEVELS])
-    cbar.set_label("relative loss gap to the best point")
+    cbar.set_label(
+        "relative loss gap: background, predicted at the target;\n"
+        "trials, observed (to the best run at their scale)"
+    )
 
-    for ell, style, label in ((prior_ell, ":", "prior 99 %"), (trust_ell, "--", "trust region")):
+    # Three outlines, three colours and three dash patterns, so they read apart in print too.
+    for ell, style, colour, label in (
+        (prior_ell, (0, (1, 1.5)), "#1f5fbf", "law's prior (99 %)"),
+        (trust_ell, (0, (6, 3)), "black", "trust region"),
+    ):
         ex, ey = to_axes(ell)
-        ax.plot(ex, ey, style, color="#333333", linewidth=1.2, label=label)
+        ax.plot(ex, ey, color=colour, ls=style, linewidth=1.5, label=label)
 
     ok = [i for i, p in enumerate(points) if p["gap"] is not None]
     bad = [i for i, p in enumerate(points) if p["gap"] is None]
@@ -228,15 +235,6 @@ def landscape_plot(study: Any, sampler: Any = None, refined: Any = None) -> Plot
         )
     if bad:
         ax.scatter(ox[bad], oy[bad], marker="x", color="crimson", s=46, zorder=4, gid="failed")
-    for i, p in enumerate(points):
-        ax.annotate(
-            str(p["trial"]),
-            (ox[i], oy[i]),
-            xytext=(4, 4),
-            textcoords="offset points",
-            fontsize=7,
-            zorder=5,
-        )
     law_x, law_y = to_axes(np.zeros(2))
     ax.scatter(
         law_x, law_y, marker="D", s=60, color="white", edgecolors="black", zorder=6, gid="law"
@@ -269,15 +267,23 @@ def landscape_plot(study: Any, sampler: Any = None, refined: Any = None) -> Plot
     lo_b = np.where(np.isfinite(box[0]), box[0], lo)
     hi_b = np.where(np.isfinite(box[1]), box[1], hi)
     (bx0, by0), (bx1, by1) = (np.ravel(to_axes(lo_b)), np.ravel(to_axes(hi_b)))
+    (vx0, vy0), (vx1, vy1) = np.ravel(to_axes(lo)), np.ravel(to_axes(hi))
+    beyond = bx0 <= vx0 and bx1 >= vx1 and by0 <= vy0 and by1 >= vy1
     ax.plot(
         [bx0, bx1, bx1, bx0, bx0],
         [by0, by0, by1, by1, by0],
-        color="0.35",
-        lw=0.8,
-        ls=(0, (1, 2)),
-        label="search bounds",
+        color="0.45",
+        lw=1.0,
+        ls=(0, (8, 2, 1, 2)),
+        label="search bounds (beyond the view)" if beyond else "search bounds",
         gid="bounds",
     )
+    # Zoomed to the runs, the law, the refined optimum and the two regions; the search bounds
+    # are drawn where they fall inside.
+    ax.set_xlim(vx0, vx1)
+    ax.set_ylim(vy0, vy1)
+    obstacles = np.array([[law_x[0], law_y[0]], [refined.lr, refined.batch_tokens]])
+    _label_trials(ax, fig, ox, oy, [str(p["trial"]) for p in points], obstacles)
     handles = ax.get_legend_handles_labels()[0] + [
         Line2D([], [], marker="o", ls="", mfc="white", mec="black", label="trial (number)"),
         Line2D([], [], marker="x", ls="", color="crimson", label="failed trial"),
@@ -323,6 +329,41 @@ def landscape_plot(study: Any, sampler: Any = None, refined: Any = None) -> Plot
         "bowl_optimum_uv": model.w_star.tolist(),
     }
     return Plot("landscape", fig, data)
+
+
+def _label_trials(
+    ax: Any, fig: Any, xs: Any, ys: Any, labels: list[str], obstacles: np.ndarray
+) -> None:
+    """Each trial's number beside its marker, at the first of eight offsets that keeps it
+    clear of the labels already placed, of the other markers and of ``obstacles`` (the law's
+    and the refined optimum's markers; in display pixels)."""
+    fig.canvas.draw()  # the axes' limits and transform as they will be saved
+    to_px = ax.transData.transform
+    markers = to_px(np.column_stack([xs, ys])) if len(labels) else np.empty((0, 2))
+    big = to_px(obstacles)  # larger markers: kept further away
+    scale = fig.dpi / 72.0
+    offsets = [(5, 5), (5, -11), (-12, 5), (-12, -11), (8, -3), (-15, -3), (-3, 9), (-3, -15)]
+    placed: list[np.ndarray] = []
+    for i, text in enumerate(labels):
+        best = offsets[0]
+        for dx, dy in offsets:
+            at = markers[i] + scale * np.array([dx + 3, dy + 3])  # the label's middle
+            clear_labels = all(np.abs(at - q).max() > 9 * scale for q in placed)
+            others = np.delete(markers, i, axis=0)
+            clear_markers = not len(others) or np.hypot(*(others - at).T).min() > 6 * scale
+            clear_big = np.hypot(*(big - at).T).min() > 11 * scale
+            if clear_labels and clear_markers and clear_big:
+                best = (dx, dy)
+                break
+        placed.append(markers[i] + scale * np.array([best[0] + 3, best[1] + 3]))
+        ax.annotate(
+            text,
+            (xs[i], ys[i]),
+            xytext=best,
+            textcoords="offset points",
+            fontsize=7,
+            zorder=5,
+        )
 
 
 def _cmap() -> Any:
