@@ -48,6 +48,13 @@ STUBBORN = textwrap.dedent(
 )
 
 
+def _as_from_a_terminal() -> None:
+    """SIGINT as a shell in a terminal leaves it: the default action. A test run started in the
+    background of a non-interactive shell (``cmd &``, as CI may be) inherits SIGINT ignored,
+    and an ignored SIGINT stays ignored by design (``nohup``); Ctrl-C tests need a real one."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` is a live (not zombie) process."""
     try:
@@ -198,7 +205,7 @@ def test_a_signal_to_tune_stops_the_job_group_and_fails_the_trial(
     script, pids = job
     proc = subprocess.Popen(
         _tune_args(script, pids, tmp_path, tracking), cwd=tmp_path, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_as_from_a_terminal,
     )  # fmt: skip
     try:
         job_pids = wait_for(lambda: read_pids(pids).get("0"), 60, "the first job to start")
@@ -290,8 +297,9 @@ def test_ctrl_c_between_two_runs_leaves_nothing_running(
     driver.write_text(DRIVER)
     args = _tune_args(script, pids, tmp_path, tracking, n=4)[3:]
     first = subprocess.run(
-        [PY, str(driver), hook, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+        [PY, str(driver), hook, *args], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120, preexec_fn=_as_from_a_terminal,
+    )  # fmt: skip
     assert first.returncode == 130, first.stderr[-2000:]
     assert "marked failed" in first.stdout + first.stderr
     trials = _trials(tmp_path)
