@@ -360,7 +360,8 @@ class Law:
         if not self.usable:
             raise UnusableLawError(
                 f"law {self.name!r} is marked unusable and cannot predict or serve as a prior: "
-                f"{self.unusable_reason} (`steplaw-opt laws show {self.name}` shows the card)"
+                f"{self.unusable_reason.rstrip('.')}; `steplaw-opt laws show {self.name}` shows "
+                "the card"
             )
 
     @property

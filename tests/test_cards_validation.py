@@ -58,6 +58,17 @@ BROKEN = [
     ("name-with-slash", card().replace('name = "c"', 'name = "../../etc/x"'), "'../../etc/x'"),
     ("name-empty", card().replace('name = "c"', 'name = ""'), "name"),
     ("deeply-nested", card(top="x = " + "[" * 5000 + "]" * 5000 + "\n"), "c.toml"),
+    ("usable-is-text", card(top='usable = "no"\n'), "'no'"),
+    ("usable-is-number", card(top="usable = 0\n"), "usable"),
+    ("unusable-without-reason", card(top="usable = false\n"), "unusable_reason"),
+    ("unusable-blank-reason", card(top='usable = false\nunusable_reason = "  "\n'),
+     "unusable_reason"),
+    ("reason-is-number", card(top="usable = false\nunusable_reason = 3\n"), "unusable_reason"),
+    ("reason-two-lines", card(top='usable = false\nunusable_reason = "a\\nb"\n'),
+     "unusable_reason"),
+    ("reason-too-long", card(top=f'usable = false\nunusable_reason = "{"x" * 301}"\n'),
+     "300"),
+    ("reason-but-usable", card(top='unusable_reason = "why"\n'), "usable is not false"),
 ]  # fmt: skip
 
 
@@ -180,6 +191,8 @@ def test_the_shipped_cards_still_load():
     from steplaw_opt.priors import list_laws
 
     assert {law.name for law in list_laws()} >= {"step-law", "deepseek-2024", "kaplan-2020"}
+    every = {law.name for law in list_laws(include_unusable=True)}
+    assert every - {law.name for law in list_laws()} == {"bjorck-2024"}  # marked usable = false
     assert load_law("step-law").predict(Scale(N=7e9, D=1.4e12)).lr == pytest.approx(9.17e-4, 1e-2)
 
 

@@ -138,20 +138,37 @@ def print_laws(console: Console, laws: Sequence[Law]) -> None:
         )
     console.print(table)
     for law in unusable:
+        reason = escape(law.unusable_reason.rstrip("."))
         console.print(
-            f"[red]Unusable[/red] {law.name}: {escape(law.unusable_reason)} Listed for "
-            "reference only: `predict --law all` leaves it out; predict, tune and bench refuse it.",
+            f"[red]Unusable[/red] {law.name}: {reason}. Listed for reference only: "
+            "`predict --law all` leaves it out; predict, tune and bench refuse it.",
             highlight=False,
         )
     console.print("Show one with: steplaw-opt laws show NAME")
 
 
+def _reflow(text: str) -> str:
+    """A card's notes with the hard line breaks inside each paragraph and each "- " item joined,
+    so the terminal wraps them at its own width; blank lines and items keep their breaks."""
+    out: list[str] = []
+    for paragraph in text.strip().split("\n\n"):
+        items: list[str] = []
+        for line in paragraph.splitlines():
+            if line.startswith("- ") or not items:
+                items.append(line.strip())
+            else:
+                items[-1] += " " + line.strip()
+        out.append("\n".join(items))
+    return "\n\n".join(out)
+
+
 def print_law(console: Console, law: Law) -> None:
     console.print(f"[bold]{escape(law.title)}[/bold]  ({escape(law.name)})")
     if not law.usable:
+        reason = escape(law.unusable_reason.rstrip("."))
         console.print(
-            f"[red]Unusable:[/red] {escape(law.unusable_reason)} It does not predict and does "
-            "not serve as a prior; it is shown for reference."
+            f"[red]Unusable:[/red] {reason}. It does not predict and does not serve as a prior; "
+            "it is shown for reference."
         )
     c = law.citation
     cite = f"{c.authors} ({c.year}). {c.title}. {c.venue} {c.arxiv} {c.url}".rstrip()
@@ -174,5 +191,5 @@ def print_law(console: Console, law: Law) -> None:
     if law.warning:
         console.print(f"[yellow]Warning:[/yellow] {escape(law.warning)}")
     if law.notes:
-        console.print(escape(law.notes))  # notes name card tables ([batch]): not markup
+        console.print(escape(_reflow(law.notes)))  # notes name card tables ([batch]): not markup
     console.print(f"card: {escape(law.source)}")
