@@ -170,6 +170,11 @@ def landscape_plot(study: Any, sampler: Any = None, refined: Any = None) -> Plot
     w_ref = np.array([refined.u, refined.v])
     everything = np.concatenate([w_obs, prior_ell, trust_ell, w_ref[None], np.zeros((1, 2))])
     lo, hi = everything.min(axis=0) - 0.25, everything.max(axis=0) + 0.25
+    # A region far wider than the search box (a law far off, as in the demo) would shrink the
+    # runs to a corner: the view stops a little beyond the box.
+    box_lo, box_hi = model.box[0] - 0.25, model.box[1] + 0.25
+    lo = np.where(np.isfinite(box_lo), np.maximum(lo, box_lo), lo)
+    hi = np.where(np.isfinite(box_hi), np.minimum(hi, box_hi), hi)
     gu, gv = np.meshgrid(np.linspace(lo[0], hi[0], 160), np.linspace(lo[1], hi[1], 160))
     grid_gap = model.gap(np.stack([gu.ravel(), gv.ravel()], 1)).reshape(gu.shape)
     # Outside the search bounds the bowl is not a recommendation: leave it blank.
@@ -210,9 +215,11 @@ def landscape_plot(study: Any, sampler: Any = None, refined: Any = None) -> Plot
     )
 
     # Three outlines, three colours and three dash patterns, so they read apart in print too.
+    # The trust region first: where it is still the prior's ellipse, the prior's blue dots
+    # show on its dashes.
     for ell, style, colour, label in (
-        (prior_ell, (0, (1, 1.5)), "#1f5fbf", "law's prior (99 %)"),
         (trust_ell, (0, (6, 3)), "black", "trust region"),
+        (prior_ell, (0, (1, 1.5)), "#1f5fbf", "law's prior (99 %)"),
     ):
         ex, ey = to_axes(ell)
         ax.plot(ex, ey, color=colour, ls=style, linewidth=1.5, label=label)
