@@ -42,6 +42,7 @@ ATTR_DEMO_CHECK = "steplaw.demo_check"  # tune --demo: the full runs at the law 
 SCALE_ATTRS = {"N": "steplaw.N", "D": "steplaw.D", "seq_len": "steplaw.seq_len"}
 ATTR_FAILURE = "steplaw.failure"
 ATTR_COMPUTE = "steplaw.compute"
+ATTR_SECONDS = "steplaw.seconds"  # the run's wall time, as the tuner measured it
 ATTR_SLOT = "steplaw.slot"  # the trial's place in the plan (-1: none was left)
 NOTE_PREFIX = "steplaw.note."  # what an objective noted about its run (grid point, …)
 INTERRUPTED = "interrupted"  # the failure reason of a run stopped by Ctrl-C / SIGTERM

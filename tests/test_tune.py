@@ -145,3 +145,28 @@ def test_intermediate_losses_reach_the_display_with_the_runs_steps():
     assert line.startswith(f"run 1/{step.planned} (trial 0) at D=2.5B")
     assert f"step 20/{step.total_steps:,}" in line and "loss 4.8000" in line and "left" in line
     assert "spent 0 of 1" in line
+
+
+def test_each_run_records_its_wall_time_and_a_crowded_batch_floor_is_said():
+    """steplaw.seconds on every run; the result sums them; runs crowding the lower batch
+    bound (where a run is slowest per token) give a note naming the bound."""
+    import time as _time
+
+    def prefers_large(lr, batch_size, scale):
+        _time.sleep(0.01)
+        u = math.log(lr / LAW.lr_at(scale))
+        return 3.0 + 0.01 * u * u + 1.0 / batch_size  # larger batches are better: off the floor
+
+    def small(lr, batch_size, scale):
+        return 3.0 + batch_size / 1e4  # lower with a smaller batch: the runs go to the floor
+
+    # the law puts the proxies' batch near 70-160 sequences: a floor at 150 is where they go
+    result = tune(TARGET, CallableObjective(small), storage=":memory:", seed=0, n_trials=6,
+                  batch_bounds=(150, 2048))  # fmt: skip
+    seconds = result.extras["run_seconds"]
+    assert seconds >= 0
+    notes = result.extras["notes"]
+    assert notes and "lower batch bound (150)" in notes[0]
+    other = tune(TARGET, CallableObjective(prefers_large), storage=":memory:", seed=0,
+                 n_trials=6, batch_bounds=(16, 2048))  # fmt: skip
+    assert other.extras["notes"] == [] and other.extras["run_seconds"] >= 0.05

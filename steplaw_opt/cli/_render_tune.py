@@ -198,13 +198,15 @@ def print_result(console: Console, result: Any) -> None:
         f"{_seq(opt.plateau_batch_tokens[0] / seq)} – {_seq(opt.plateau_batch_tokens[1] / seq)}",
     )
     console.print(table)
-    for note in getattr(opt, "notes", ()):
+    for note in [*getattr(opt, "notes", ()), *result.extras.get("notes", ())]:
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     if opt.predicted_loss is not None:
         console.print(f"predicted loss at the target: {opt.predicted_loss:.4f}")
+    seconds = result.extras.get("run_seconds")
+    took = f"; the runs took {_duration(seconds)}" if seconds else ""
     console.print(
         f"{result.n_complete} runs finished, {result.n_failed} failed; compute spent "
-        f"{result.compute_spent:.3f} target-run equivalents."
+        f"{result.compute_spent:.3f} target-run equivalents{took}."
     )
     console.print(f"Recorded in study [bold]{result.study_name}[/bold] at {result.storage}")
     print_mlflow(console, result.extras.get("mlflow"))

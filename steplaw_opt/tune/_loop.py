@@ -19,6 +19,7 @@ from steplaw_opt._records import (
     ATTR_FAILURE,
     ATTR_INTERRUPTED_BY,
     ATTR_OWNER,
+    ATTR_SECONDS,
     ATTR_SLOT,
     BATCH_PARAM,
     INTERRUPTED,
@@ -158,10 +159,41 @@ def _work(
         law_lr=float(prediction.lr or 0),
         law_batch_tokens=float(prediction.batch_tokens or 0),
     )
+    trials = retry_storage(all_trials, study)
+    out.extras["run_seconds"] = run_seconds(trials)
+    out.extras["notes"] = slow_bound_notes(trials, setup)
     if tracker is not None:
         tracker.finish(out)
         out.extras["mlflow"] = tracker.location()
     return out
+
+
+def run_seconds(trials: Sequence[Any]) -> float:
+    """The wall time of the study's finished runs, as recorded on each (:data:`ATTR_SECONDS`)."""
+    return float(sum(float(t.user_attrs.get(ATTR_SECONDS, 0.0)) for t in trials))
+
+
+SLOW_BOUND_SHARE = 0.5  # a note when at least this share of the runs sits at the batch floor
+
+
+def slow_bound_notes(trials: Sequence[Any], setup: StudySetup) -> list[str]:
+    """Whether the runs crowd the lower batch bound, where a run needs the most steps for its
+    tokens: the compute budget counts tokens, but a step costs about as much wall time at a
+    small batch as at a larger one, so such a study takes longer than its compute suggests."""
+    done = [t for t in trials if t.state.is_finished() and BATCH_PARAM in t.params]
+    low = setup.batch_dist["low"]
+    floor = [t for t in done if t.params[BATCH_PARAM] <= low]
+    if len(done) < 3 or len(floor) < SLOW_BOUND_SHARE * len(done):
+        return []
+    spent = run_seconds(floor)
+    total = run_seconds(done)
+    share = f" and {spent:.0f} s of their {total:.0f} s" if total > 0 else ""
+    return [
+        f"{len(floor)} of {len(done)} runs sat at the lower batch bound ({low:g}){share}: at "
+        "the floor a run takes the most steps for its tokens, so the study took longer than "
+        "its compute suggests; if the optimum is there, a lower --batch-min may find it, if "
+        "not, a higher one makes the runs faster"
+    ]
 
 
 def run_study(
@@ -433,26 +465,32 @@ def run_one(
     cost: float = 0.0,
 ) -> tuple[float | None, str | None, float]:
     """Run one trial and tell the study; returns (loss, failure reason, compute used: the
-    planned ``cost``, or what a failed run recorded using, :func:`consumed`)."""
+    planned ``cost``, or what a failed run recorded using, :func:`consumed`). Each end
+    records the run's wall time (:data:`ATTR_SECONDS`)."""
+    started = time.perf_counter()
+
+    def timed(attrs: dict[str, Any]) -> dict[str, Any]:
+        return {**attrs, ATTR_SECONDS: round(time.perf_counter() - started, 3)}
+
     try:
         # a stop interrupts an objective's own code anywhere; one that polls is stopped there
         with contextlib.nullcontext() if objective.checks_stops else interruptible():
             loss = objective.run(lr, batch, scale, context)
     except TrialFailed as exc:
         used = consumed(cost, scale, context.notes)
-        attrs = {**_notes(context), ATTR_FAILURE: exc.reason, ATTR_COMPUTE: used}
+        attrs = timed({**_notes(context), ATTR_FAILURE: exc.reason, ATTR_COMPUTE: used})
         if not _tell(study, trial, None, attrs):
             return None, LOST_WHILE_RUNNING, used
         return None, exc.reason, used
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: the job's group is stopped
-        _tell(
-            study, trial, None, {ATTR_FAILURE: INTERRUPTED, ATTR_INTERRUPTED_BY: stop_reason(exc)}
-        )
+        why = {ATTR_FAILURE: INTERRUPTED, ATTR_INTERRUPTED_BY: stop_reason(exc)}
+        _tell(study, trial, None, timed(why))
         raise
     except BaseException as exc:
-        _tell(study, trial, None, {ATTR_FAILURE: f"error: {type(exc).__name__}: {exc}"[:500]})
+        why = {ATTR_FAILURE: f"error: {type(exc).__name__}: {exc}"[:500]}
+        _tell(study, trial, None, timed(why))
         raise
-    notes = _notes(context)
+    notes = timed(_notes(context))
     if not math.isfinite(loss):
         used = consumed(cost, scale, context.notes)
         if not _tell(study, trial, None, {**notes, ATTR_FAILURE: "diverged", ATTR_COMPUTE: used}):
