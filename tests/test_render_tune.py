@@ -104,3 +104,18 @@ def test_the_demo_check_goes_to_the_mlflow_parent_run(tmp_path, mlflow_template)
     metrics = MlflowClient(uri).get_run(tracker.run_id).data.metrics
     assert metrics["demo.law_loss"] == 3.0 and metrics["demo.refined_loss"] == 2.7
     assert abs(metrics["demo.gain_pct"] - 10.0) < 1e-9
+
+
+def test_lines_to_copy_are_never_wrapped() -> None:
+    """At 80 columns (or into a pipe) the mlflow ui command and the storage URL stay whole."""
+    from steplaw_opt.cli._render_tune import print_mlflow
+
+    uri = "sqlite:////a/rather/long/path/to/some/project/folder/with/runs/in/it/mlflow.db"
+    where = {"enabled": True, "run_id": "0123456789abcdef0123456789abcdef", "recorded": True,
+             "experiment": "steplaw-opt", "nested_runs": 10, "tracking_uri": uri,
+             "ui": f"mlflow ui --backend-store-uri {uri}"}  # fmt: skip
+    out = io.StringIO()
+    print_mlflow(Console(file=out, width=80, color_system=None), where)
+    lines = out.getvalue().splitlines()
+    assert f"  view with: mlflow ui --backend-store-uri {uri}" in lines
+    assert f"  at {uri}" in lines

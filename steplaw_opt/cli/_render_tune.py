@@ -208,7 +208,8 @@ def print_result(console: Console, result: Any) -> None:
         f"{result.n_complete} runs finished, {result.n_failed} failed; compute spent "
         f"{result.compute_spent:.3f} target-run equivalents{took}."
     )
-    console.print(f"Recorded in study [bold]{result.study_name}[/bold] at {result.storage}")
+    console.print(f"Recorded in study [bold]{result.study_name}[/bold] at")
+    console.print(f"  {result.storage}", highlight=False, markup=False, soft_wrap=True)
     print_mlflow(console, result.extras.get("mlflow"))
 
 
@@ -220,15 +221,18 @@ def print_mlflow(console: Console, where: dict[str, Any] | None) -> None:
         console.print(f"[yellow]Not recorded in MLflow[/yellow] ({where['tracking_uri']} failed).")
         return
     state = "" if where.get("recorded") else " [yellow](incomplete: MLflow failed)[/yellow]"
+    # Lines a reader copies (a URI, a command) are never wrapped (soft_wrap): not at 80
+    # columns, not into a pipe.
     console.print(
         f"MLflow: run [bold]{where['run_id']}[/bold] in experiment {where['experiment']!r} "
-        f"({where['nested_runs']} trial runs) at {where['tracking_uri']}{state}",
+        f"({where['nested_runs']} trial runs){state}",
         highlight=False,
     )
+    console.print(f"  at {where['tracking_uri']}", highlight=False, markup=False, soft_wrap=True)
     if "run_url" in where:
-        console.print(f"  open {where['run_url']}", highlight=False)
+        console.print(f"  open {where['run_url']}", highlight=False, markup=False, soft_wrap=True)
     elif "ui" in where:
-        console.print(f"  view with: {where['ui']}", highlight=False)
+        console.print(f"  view with: {where['ui']}", highlight=False, markup=False, soft_wrap=True)
 
 
 def print_demo_check(console: Console, check: dict[str, Any]) -> None:

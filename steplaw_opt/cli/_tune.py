@@ -349,9 +349,14 @@ def tune_command(
         else:
             console.print(
                 f"Created study [bold]{name}[/bold] ({plan.total_runs} planned runs). Start "
-                f"workers with:\n  steplaw-opt worker --storage '{doc['storage']}' "
-                f"--study-name '{name}'",
+                "workers with:",
                 highlight=False,
+            )
+            console.print(  # one line to copy, never wrapped
+                f"  steplaw-opt worker --storage '{doc['storage']}' --study-name '{name}'",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
             )
         return
     if result.n_complete == 0:  # nothing measured: the "refined optimum" is the law's point
