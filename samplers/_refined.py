@@ -53,6 +53,19 @@ class RefinedOptimum:
         return asdict(self)
 
 
+def optimum_draws(
+    sampler: Any, posterior: Any, region: Any, rng: np.random.Generator, n_draws: int
+) -> np.ndarray:
+    """Draws of the optimum's (u, v): the posterior's, kept to the trust region (clipped into
+    the box when fewer than 50 fall inside), or the prior's before any run (``posterior``
+    ``None``)."""
+    if posterior is None:
+        return rng.multivariate_normal(sampler.prior.mean, sampler.prior.cov, n_draws)
+    draws = posterior.sample_optima(rng, n_draws)
+    inside = region.contains(draws)
+    return draws[inside] if inside.sum() > 50 else region.clip_to_box(draws)
+
+
 def refined_optimum(
     study: optuna.Study,
     *,
@@ -99,9 +112,7 @@ def refined_optimum(
         region, draws = sampler.trust_region(hist, posterior, box, rng)
         hessian = posterior.hessian
         w = bottom_in_region(posterior, region)
-        draws = posterior.sample_optima(rng, n_draws)
-        inside = region.contains(draws)
-        draws = draws[inside] if inside.sum() > 50 else region.clip_to_box(draws)
+        draws = optimum_draws(sampler, posterior, region, rng, n_draws)
         has_target = bool(np.any(hist.groups == group))
         predicted = None
         # The bowl models ln(loss) when every loss is positive and the study minimises; the
@@ -113,7 +124,7 @@ def refined_optimum(
             predicted = float(np.exp(posterior.predict(w[None], group)[0][0]))
     else:
         w = np.clip(sampler.prior.mean, box[0], box[1])
-        draws = rng.multivariate_normal(sampler.prior.mean, sampler.prior.cov, n_draws)
+        draws = optimum_draws(sampler, None, None, rng, n_draws)
         hessian = sampler._bowl.H0
         predicted = None
     lr, batch = sampler.space.from_uv(float(w[0]), float(w[1]), target)

@@ -55,19 +55,21 @@ BUILTIN_FLOPS = {"cpu": 5e9, "cuda": 1e14}
 INFEASIBLE_SECONDS = 24 * 3600.0  # a plan longer than this on the machine at hand: say so
 
 
+def _flops(device: str) -> float:
+    return BUILTIN_FLOPS["cuda" if device.startswith("cuda") else "cpu"]
+
+
 def plan_seconds(plan: ProxyPlan, target: Scale, device: str) -> float:
     """Order-of-magnitude wall time of ``plan`` with the built-in trainer on ``device``."""
-    flops = 6.0 * float(target.N or 0) * float(target.D or 0) * plan.compute
-    return flops / BUILTIN_FLOPS["cuda" if device.startswith("cuda") else "cpu"]
+    return 6.0 * float(target.N or 0) * float(target.D or 0) * plan.compute / _flops(device)
 
 
 def print_wall_time(console: Console, plan: ProxyPlan, target: Scale, device: str) -> None:
     """The built-in trainer's plan in time, and a warning when it cannot finish here."""
     seconds = plan_seconds(plan, target, device)
-    rate = BUILTIN_FLOPS["cuda" if device.startswith("cuda") else "cpu"]
     console.print(
         f"wall time with the built-in trainer on {device}: about {_duration(seconds)} "
-        f"(6·N·D FLOPs a run at ~{rate:.0e} FLOP/s; an order of magnitude)"
+        f"(6·N·D FLOPs a run at ~{_flops(device):.0e} FLOP/s; an order of magnitude)"
     )
     if seconds > INFEASIBLE_SECONDS:
         console.print(

@@ -352,11 +352,10 @@ def _label_trials(
     offsets = [(5, 5), (5, -11), (-12, 5), (-12, -11), (8, -3), (-15, -3), (-3, 9), (-3, -15)]
     placed: list[np.ndarray] = []
     for i, text in enumerate(labels):
-        best = offsets[0]
+        best, others = offsets[0], np.delete(markers, i, axis=0)
         for dx, dy in offsets:
             at = markers[i] + scale * np.array([dx + 3, dy + 3])  # the label's middle
             clear_labels = all(np.abs(at - q).max() > 9 * scale for q in placed)
-            others = np.delete(markers, i, axis=0)
             clear_markers = not len(others) or np.hypot(*(others - at).T).min() > 6 * scale
             clear_big = np.hypot(*(big - at).T).min() > 11 * scale
             if clear_labels and clear_markers and clear_big:
@@ -398,6 +397,8 @@ def convergence_series(
     A model scoring its own earlier answers (the final fit judging every earlier
     recommendation) shows the last one at zero gap whatever the truth; this series shows, at
     each step, only what was known then, and the data themselves beside it."""
+    from steplaw_opt.samplers._refined import optimum_draws
+
     sampler = _resolve_sampler(study, sampler)
     trials = study.get_trials(deepcopy=False)
     keys = ("trial", "compute", "recommended", "recommended_lo", "recommended_hi", "observed")
@@ -415,12 +416,7 @@ def convergence_series(
         if t.user_attrs.get("steplaw.failure") != "interrupted":
             spent += float(t.user_attrs.get("steplaw.compute", 0.0))
         now = _model(study, sampler, trials=k)
-        if now.posterior is not None:
-            draws = now.posterior.sample_optima(rng, n_draws)
-            inside = now.region.contains(draws)
-            draws = draws[inside] if inside.sum() > 50 else now.region.clip_to_box(draws)
-        else:
-            draws = rng.multivariate_normal(sampler.prior.mean, sampler.prior.cov, n_draws)
+        draws = optimum_draws(sampler, now.posterior, now.region, rng, n_draws)
         d = draws - now.w_star
         gaps = 100.0 * np.expm1(np.einsum("ni,ij,nj->n", d, now.hessian, d))
         lo, mid, hi = np.percentile(gaps, [10, 50, 90])

@@ -342,7 +342,7 @@ def _run_trial(
             )
         if tracker is not None:
             tracker.trial_started(study, trial.number)
-        per_unit = 1.0 if setup.config.batch_unit == "tokens" else float(scale.seq_len)
+        per_unit = setup.sampler.space.tokens_per_batch_unit(scale)
         total = steps_for(float(scale.D or 0), float(batch) * per_unit)
 
         def progress(step: int, loss: float) -> None:  # an intermediate loss: the display's
