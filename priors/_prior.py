@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -136,9 +137,14 @@ class TrustRegion:
         half = np.sqrt(self.radius2 * np.diag(self.shape))
         return self.center - half, self.center + half
 
+    @cached_property
+    def _shape_inv(self) -> np.ndarray:
+        # Once per region: the sampler tests thousands of candidates against one region.
+        return np.linalg.inv(self.shape)
+
     def distance2(self, w: np.ndarray) -> np.ndarray:
         d = np.atleast_2d(w) - self.center
-        return np.einsum("ni,ij,nj->n", d, np.linalg.inv(self.shape), d)
+        return np.einsum("ni,ij,nj->n", d, self._shape_inv, d)
 
     def contains(self, w: np.ndarray, *, tol: float = 1e-9) -> np.ndarray:
         w = np.atleast_2d(w)
@@ -174,7 +180,9 @@ class TrustRegion:
         out: list[np.ndarray] = []
         total = 0
         for _ in range(20):
-            m = max(4 * n, 64)
+            # Most regions lie inside the box and accept nearly every point: draw a quarter
+            # more than needed, and again if the box rejects many.
+            m = max(n + n // 4, 64)
             angle = rng.uniform(0, 2 * math.pi, m)
             r = np.sqrt(rng.uniform(0, 1, m) * self.radius2)
             z = np.stack([r * np.cos(angle), r * np.sin(angle)], axis=1)

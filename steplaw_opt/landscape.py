@@ -212,11 +212,15 @@ def project_pd(a: np.ndarray, floor: float) -> np.ndarray:
     # projects thousands of posterior draws per proposal.
     half_trace = 0.5 * (a[..., 0, 0] + a[..., 1, 1])
     radius = np.hypot(0.5 * (a[..., 0, 0] - a[..., 1, 1]), a[..., 0, 1])
-    if np.all(half_trace - radius >= floor):
+    low = half_trace - radius < floor
+    if not np.any(low):
         return a
-    vals, vecs = np.linalg.eigh(a)
+    # Only the matrices that need it: a few posterior draws among thousands, usually.
+    vals, vecs = np.linalg.eigh(a[low])
     vals = np.maximum(vals, floor)
-    return np.einsum("...ij,...j,...kj->...ik", vecs, vals, vecs)
+    out = np.array(a, dtype=float, copy=True)
+    out[low] = np.einsum("...ij,...j,...kj->...ik", vecs, vals, vecs)
+    return out
 
 
 # The asymmetry term is the released grids'; on a landscape more than this many times steeper
@@ -536,14 +540,21 @@ def _fit_widths(
         wphi = phi * (weight / bowl.noise_sd**2)[:, None]
         prec = prec0 + (phi.T @ wphi)[None]
         rhs = rhs0 + (wphi.T @ y)[None]
-        used = weight > 0
-        if used.any():  # y_used ~ N(Φθ0, diag(σ²/ω) + Φ P0⁻¹ Φᵀ)
-            phi_u = phi[used]
-            marg = np.diag(bowl.noise_sd**2 / weight[used])[None] + phi_u @ prior_cov0 @ phi_u.T
-            resid = y[used] - phi_u @ theta0
-            _, logdet = np.linalg.slogdet(marg)
-            quad = np.einsum("i,mi->m", resid, np.linalg.solve(marg, resid[None, :, None])[..., 0])
-            log_evidence = -0.5 * (quad + logdet)
     cov = np.linalg.inv(prec)
     cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+    if data is not None and np.any(data[1] > 0):
+        # The evidence of the weighted runs, y_used ~ N(Φθ0, D + Φ P0 Φᵀ) with D = diag(σ²/ω),
+        # in parameter space (k×k, not n×n): by the matrix determinant lemma and Woodbury,
+        # log|D + Φ P0 Φᵀ| = log|D| + log|P0| + log|P| and
+        # rᵀ(D + Φ P0 Φᵀ)⁻¹r = rᵀD⁻¹r − gᵀ P⁻¹ g, with P the posterior precision, g = ΦᵀD⁻¹r.
+        phi, weight = data
+        used = weight > 0
+        d_inv = weight[used] / bowl.noise_sd**2
+        resid = y[used] - phi[used] @ theta0
+        g = phi[used].T @ (d_inv * resid)
+        _, logdet_p = np.linalg.slogdet(prec)
+        _, logdet_p0 = np.linalg.slogdet(prior_cov0)
+        logdet = -np.sum(np.log(d_inv)) + logdet_p0 + logdet_p
+        quad = float(resid @ (d_inv * resid)) - np.einsum("i,mij,j->m", g, cov, g)
+        log_evidence = -0.5 * (quad + logdet)
     return np.einsum("mij,mj->mi", cov, rhs), cov, log_evidence

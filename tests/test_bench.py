@@ -206,6 +206,22 @@ def test_overhead_measures_a_suggestion(grid_csv) -> None:
     assert frame["repeats"].iloc[0] == 3
 
 
+def test_overhead_ratio_lines() -> None:
+    frame = pd.DataFrame(
+        {
+            "method": ["plateau", "tpe", "plateau", "tpe", "botorch"],
+            "history": [20, 20, 50, 50, 50],
+            "median_ms": [3.0, 2.0, 9.0, 3.0, 30.0],
+            "repeats": [5] * 5,
+        }
+    )
+    assert bench.overhead_ratios(frame) == [
+        "plateau ÷ tpe at 20 trials: 1.50×",
+        "plateau ÷ tpe at 50 trials: 3.00×",
+        "botorch ÷ tpe at 50 trials: 10.00×",
+    ]
+
+
 # --------------------------------------------------------------------------------- config and CLI
 @pytest.mark.parametrize(
     ("kwargs", "message"),
