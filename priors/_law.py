@@ -45,6 +45,8 @@ MIN_BATCH_TOKENS = 1.0
 MAX_REASON_CHARS = 300
 # ln of the largest float: exp() of anything larger overflows.
 _LN_MAX = math.log(sys.float_info.max)
+# A floor on the sd of where the optimum is (ln units): a law is never trusted to better than 5 %.
+MIN_SD = 0.05
 
 BatchRounding = Literal["none", "pow2"] | int
 MAX_ROUNDING = 10**9  # a multiple of more than a billion sequences is not a hardware constraint
@@ -149,8 +151,30 @@ class Interval:
 
 
 @dataclass(frozen=True)
+class OptimumIntervals:
+    r"""Where the optimum of a run at one scale is, not where the law's mean is: central
+    intervals of a log-normal around the law's point with the variance of
+    :meth:`Law.optimum_log_covariance` — the law's coefficient uncertainty at the scale, plus the
+    card's residual scatter of the optimum widened by :math:`\kappa(s)` outside the card's
+    validity range, plus a 5 % floor. It is the covariance of the samplers' prior (``Prior``)
+    before any run. ``batch`` is in tokens."""
+
+    lr: tuple[Interval, ...]
+    batch: tuple[Interval, ...]
+    ln_sd: tuple[float, float]  # sd of (ln lr, ln batch)
+    residual_sd: tuple[float, float]  # the card's [residual], before widening
+    distance: float  # ln distance outside the validity range (0 inside)
+    widening: float  # kappa(s) = 1 + (distance / ln 10)^2, multiplies the residual variance
+    coefficients: bool  # the card's coefficient covariance is included (False: it has none)
+
+
+@dataclass(frozen=True)
 class Prediction:
-    """What a law says at one scale. Batch sizes in tokens and in sequences of ``seq_len``."""
+    """What a law says at one scale. Batch sizes in tokens and in sequences of ``seq_len``.
+
+    ``lr_intervals`` / ``batch_intervals`` are the uncertainty of the law's mean (its
+    coefficient covariance); ``optimum`` is where the optimum is (:class:`OptimumIntervals`),
+    ``None`` with the reason in ``optimum_missing`` when the card has no ``[residual]``."""
 
     law: str
     scale: Scale
@@ -162,6 +186,8 @@ class Prediction:
     batch_rounded_sequences: float | None = None
     extrapolated: tuple[str, ...] = ()
     missing: str | None = None  # why a quantity could not be predicted
+    optimum: OptimumIntervals | None = None
+    optimum_missing: str | None = None  # why there is no optimum interval
 
     @property
     def batch_sequences(self) -> float | None:
@@ -186,6 +212,32 @@ class Prediction:
             "batch_sequences_interval": intervals(self.batch_intervals, 1 / self.scale.seq_len),
             "extrapolated": list(self.extrapolated),
             "missing": self.missing,
+            "optimum_interval": None if self.optimum is None else self._optimum_dict(),
+            "optimum_interval_missing": self.optimum_missing,
+        }
+
+    def _optimum_dict(self) -> dict[str, Any]:
+        o = self.optimum
+        assert o is not None
+
+        def intervals(items: tuple[Interval, ...], factor: float = 1.0) -> dict[str, list[float]]:
+            return {f"{round(i.mass * 100)}%": [i.low * factor, i.high * factor] for i in items}
+
+        parts = "the law's coefficient uncertainty + " if o.coefficients else ""
+        return {
+            "meaning": (
+                f"where the optimum is: {parts}the card's residual scatter of the optimum, "
+                "widened outside the card's validity range (lr_interval and "
+                "batch_*_interval are the law's mean only)"
+            ),
+            "lr": intervals(o.lr),
+            "batch_tokens": intervals(o.batch),
+            "batch_sequences": intervals(o.batch, 1 / self.scale.seq_len),
+            "ln_sd": {"lr": o.ln_sd[0], "batch": o.ln_sd[1]},
+            "residual_sd": {"lr": o.residual_sd[0], "batch": o.residual_sd[1]},
+            "extrapolation_ln_distance": o.distance,
+            "widening": o.widening,
+            "includes_coefficient_covariance": o.coefficients,
         }
 
 
@@ -461,13 +513,38 @@ class Law:
             ]
         )
 
+    def optimum_log_covariance(
+        self, scale: Scale, residual_sd: tuple[float, float] | None = None
+    ) -> np.ndarray | None:
+        r"""Covariance of where the optimum is in :math:`(\ln \mathrm{lr}, \ln B)` around the
+        law's point at ``scale``:
+
+        .. math:: x_s^\top \Sigma x_s + \kappa(s)\,\mathrm{diag}(\sigma_{lr}^2, \sigma_B^2)
+                  + 0.05^2 I, \qquad \kappa(s) = 1 + (d / \ln 10)^2
+
+        with the coefficient term only when the card has a ``[covariance]``, :math:`\sigma`
+        the card's ``[residual]`` (or ``residual_sd``) and :math:`d` the
+        :func:`extrapolation_distance` of ``scale``. ``None`` when there is no residual."""
+        residual = residual_sd if residual_sd is not None else self.residual_sd
+        if residual is None:
+            return None
+        kappa = extrapolation_widening(extrapolation_distance(self, scale))
+        cov = kappa * np.diag(np.square(residual))
+        coef = self.log_covariance(scale)
+        if coef is not None:
+            cov = cov + coef
+        return cov + np.eye(2) * MIN_SD**2
+
     def predict(self, scale: Scale, *, round_batch: BatchRounding = "none") -> Prediction:
         """Evaluate the law at ``scale``: lr*, B* in tokens and sequences, and — when the card
-        carries a covariance — 68 % and 95 % intervals from the coefficient uncertainty.
+        carries a covariance — 68 % and 95 % intervals of the law's mean from the coefficient
+        uncertainty; when it carries a ``[residual]``, 68 % and 95 % intervals of where the
+        optimum is (:class:`OptimumIntervals`).
 
         The intervals grow with the distance of ``scale`` from the data the law was fitted on
-        (that is what :math:`x_s^\\top \\Sigma x_s` does); ``extrapolated`` names the variables
-        outside the card's validity range.
+        (that is what :math:`x_s^\\top \\Sigma x_s` does, and the optimum's residual is widened
+        by :math:`\\kappa(s)` on top); ``extrapolated`` names the variables outside the card's
+        validity range.
         """
         lr = batch = None
         missing: list[str] = []
@@ -488,6 +565,7 @@ class Law:
         if cov is not None and lr is not None and batch is not None:
             lr_iv = _intervals(lr, float(cov[0, 0]))
             b_iv = _intervals(batch, float(cov[1, 1]))
+        optimum, optimum_missing = self._optimum(scale, lr, batch)
         rounded = None
         if batch is not None:
             rounded = round_batch_sequences(batch / scale.seq_len, round_batch)
@@ -502,7 +580,51 @@ class Law:
             batch_rounded_sequences=rounded,
             extrapolated=self.extrapolated_variables(scale),
             missing="; ".join(missing) or None,
+            optimum=optimum,
+            optimum_missing=optimum_missing,
         )
+
+    def _optimum(
+        self, scale: Scale, lr: float | None, batch: float | None
+    ) -> tuple[OptimumIntervals | None, str | None]:
+        """The optimum's intervals at ``scale`` for :meth:`predict`, or the reason for none."""
+        if self.residual_sd is None:
+            return None, "the card has no [residual] (the optimum's scatter around the law)"
+        if lr is None and batch is None:
+            return None, None  # nothing predicted: ``missing`` says why
+        if self.covariance is not None and (lr is None or batch is None):
+            return None, None  # the coefficient term needs both formulas evaluated
+        cov = self.optimum_log_covariance(scale)
+        assert cov is not None
+        d = extrapolation_distance(self, scale)
+        optimum = OptimumIntervals(
+            lr=() if lr is None else _intervals(lr, float(cov[0, 0])),
+            batch=() if batch is None else _intervals(batch, float(cov[1, 1])),
+            ln_sd=(math.sqrt(cov[0, 0]), math.sqrt(cov[1, 1])),
+            residual_sd=self.residual_sd,
+            distance=d,
+            widening=extrapolation_widening(d),
+            coefficients=self.covariance is not None,
+        )
+        return optimum, None
+
+
+def extrapolation_distance(law: Law, scale: Scale) -> float:
+    """Natural-log distance of ``scale`` outside the law's validity range (0 inside): the
+    Euclidean norm over the variables of how far each lies outside its fitted range."""
+    values = law.available_values(scale)
+    d2 = 0.0
+    for var, (lo, hi) in law.validity.items():
+        if var in values:
+            x = values[var]
+            d2 += max(0.0, math.log(lo / x), math.log(x / hi)) ** 2
+    return math.sqrt(d2)
+
+
+def extrapolation_widening(distance: float) -> float:
+    """κ(s) = 1 + (d / ln 10)²: the factor on the residual variance of the optimum at ln
+    distance ``d`` outside the validity range (one decade out doubles it)."""
+    return 1.0 + (distance / math.log(10.0)) ** 2
 
 
 def _number_text(x: float) -> str:
@@ -697,8 +819,7 @@ def _parse_card(data: Mapping[str, Any], source: str) -> Law:
             for s in sds
         ):
             raise fail(
-                "[residual] lr_sd and batch_sd must be non-negative numbers, got "
-                f"{show_value(sds)}"
+                f"[residual] lr_sd and batch_sd must be non-negative numbers, got {show_value(sds)}"
             )
         residual = (float(sds[0]), float(sds[1]))  # type: ignore[arg-type]
     usable, unusable_reason = _parse_usable(card, data)

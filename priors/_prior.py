@@ -12,7 +12,8 @@ uncertainty at the target scale (:meth:`Law.log_covariance`), :math:`\sigma` the
 scatter of the optimum (the card's ``[residual]``), and :math:`\kappa(s) = 1 + (d / \ln 10)^2`
 widens it outside the card's validity range, :math:`d` being the Euclidean norm of the
 natural-log distances from the fitted range over the variables that are out of range (one decade
-out doubles the residual variance).
+out doubles the residual variance). The formula lives in :meth:`Law.optimum_log_covariance`,
+which ``steplaw-opt predict`` also uses for its interval of where the optimum is.
 
 The trust region is the prior's high-mass ellipse :math:`\{w : (w - c)^\top \Sigma^{-1} (w - c)
 \le \chi^2_2(p)\}` (default :math:`p = 0.99`) intersected with the box the search bounds span.
@@ -31,10 +32,9 @@ from steplaw_opt.priors._law import Law
 from steplaw_opt.scale import Scale
 
 # Used when a card carries no [residual]: the Step Law's near-optimal runs scatter about this
-# much around it in ln lr and ln batch (scripts/fit_landscape.py measures it).
+# much around it in ln lr and ln batch (scripts/fit_landscape.py measures it). `predict` does
+# not borrow it: a card without [residual] shows no optimum interval there.
 DEFAULT_RESIDUAL_SD = (0.35, 0.35)
-# A floor on the prior's standard deviation: a law is never trusted to better than 5 %.
-MIN_SD = 0.05
 
 
 def chi2_2_quantile(mass: float) -> float:
@@ -42,18 +42,6 @@ def chi2_2_quantile(mass: float) -> float:
     if not 0.0 < mass < 1.0:
         raise SteplawInputError(f"trust-region mass must be in (0, 1), got {mass!r}")
     return -2.0 * math.log1p(-mass)
-
-
-def extrapolation_distance(law: Law, scale: Scale) -> float:
-    """Natural-log distance of ``scale`` outside the law's validity range (0 inside): the
-    Euclidean norm over the variables of how far each lies outside its fitted range."""
-    values = law.available_values(scale)
-    d2 = 0.0
-    for var, (lo, hi) in law.validity.items():
-        if var in values:
-            x = values[var]
-            d2 += max(0.0, math.log(lo / x), math.log(x / hi)) ** 2
-    return math.sqrt(d2)
 
 
 @dataclass(frozen=True)
@@ -78,15 +66,11 @@ class Prior:
     @classmethod
     def from_law(cls, law: Law, scale: Scale, *, widen: float = 1.0) -> Prior:
         """The prior at ``scale``: coefficient uncertainty + residual scatter, widened when
-        extrapolating. ``widen`` multiplies the standard deviations (a user's own doubt)."""
-        residual = law.residual_sd or DEFAULT_RESIDUAL_SD
-        d = extrapolation_distance(law, scale)
-        kappa = 1.0 + (d / math.log(10.0)) ** 2
-        cov = kappa * np.diag(np.square(residual))
-        coef = law.log_covariance(scale)
-        if coef is not None:
-            cov = cov + coef
-        cov = cov + np.eye(2) * MIN_SD**2
+        extrapolating (:meth:`Law.optimum_log_covariance`, the covariance ``predict`` shows as
+        the optimum's interval), with :data:`DEFAULT_RESIDUAL_SD` for a card without
+        ``[residual]``. ``widen`` multiplies the standard deviations (a user's own doubt)."""
+        cov = law.optimum_log_covariance(scale, law.residual_sd or DEFAULT_RESIDUAL_SD)
+        assert cov is not None
         if not (isinstance(widen, (int, float)) and math.isfinite(widen) and widen > 0):
             raise SteplawInputError(f"prior widening must be positive, got {widen!r}")
         return cls(np.zeros(2), cov * widen**2)

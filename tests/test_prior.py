@@ -5,7 +5,8 @@ import pytest
 
 from steplaw_opt import Scale, SteplawInputError, load_law
 from steplaw_opt.priors import Prior, TrustRegion
-from steplaw_opt.priors._prior import chi2_2_quantile, extrapolation_distance
+from steplaw_opt.priors._law import extrapolation_distance
+from steplaw_opt.priors._prior import chi2_2_quantile
 from steplaw_opt.space import LawSpace
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from steplaw_opt.priors import Law, Prediction
+from steplaw_opt.priors import Interval, Law, Prediction
 from steplaw_opt.sizes import format_size
 
 
@@ -41,6 +42,38 @@ def _formula(law: Law, which: str) -> str:
     return text
 
 
+def _range(items: Sequence[Interval], mass: float, fmt: Any, factor: float = 1.0) -> str:
+    """``low – high`` of the interval of ``mass`` in ``items``, or ``—``."""
+    i = next((i for i in items if i.mass == mass), None)
+    return "—" if i is None else f"{fmt(i.low * factor)} – {fmt(i.high * factor)}"
+
+
+def _factor(value: float | None, items: Sequence[Interval], mass: float = 0.95) -> str:
+    """The factor f of the interval of ``mass`` (a central log-normal interval runs from
+    value ÷ f to value × f), or ``—``."""
+    i = next((i for i in items if i.mass == mass), None)
+    return "—" if i is None or value is None else f"{math.sqrt(i.high / i.low):.2f}"
+
+
+def optimum_note(law: Law, p: Prediction) -> str:
+    """One line on what the optimum's interval holds at this scale (or why there is none)."""
+    o = p.optimum
+    if o is None:
+        return f"no optimum interval: {p.optimum_missing}" if p.optimum_missing else ""
+    coef = "the law's mean uncertainty + " if o.coefficients else ""
+    widened = (
+        f", its variance widened ×{o.widening:.2f} for extrapolation (κ = 1 + (d/ln 10)², "
+        f"d = {o.distance:.2f} ln units outside the fitted range)"
+        if o.distance > 0
+        else " (inside the fitted range: not widened)"
+    )
+    no_cov = "" if o.coefficients else "; the card has no [covariance]: residual scatter only"
+    return (
+        f"{coef}the card's residual scatter of the optimum (sd {o.residual_sd[0]:.2f} ln lr, "
+        f"{o.residual_sd[1]:.2f} ln batch){widened}{no_cov}"
+    )
+
+
 def print_prediction(console: Console, law: Law, p: Prediction) -> None:
     title = f"{law.title} at N={format_size(p.scale.N or 0)}, D={format_size(p.scale.D or 0)}"
     if p.missing:
@@ -49,28 +82,43 @@ def print_prediction(console: Console, law: Law, p: Prediction) -> None:
     table = Table(title=title, title_justify="left")
     table.add_column("quantity")
     table.add_column("prediction", justify="right")
-    table.add_column("68 % interval", justify="right")
-    table.add_column("95 % interval", justify="right")
-
-    def iv(items: Sequence[Any], fmt: Any, factor: float = 1.0) -> list[str]:
-        return [f"{fmt(i.low * factor)} – {fmt(i.high * factor)}" for i in items] or ["—", "—"]
-
+    table.add_column("68 %", justify="right")
+    table.add_column("95 %", justify="right")
     seq = p.scale.seq_len
-    table.add_row(f"learning rate ({p.lr_meaning})", _lr(p.lr), *iv(p.lr_intervals, _lr))
-    table.add_row("batch (tokens)", _tokens(p.batch_tokens), *iv(p.batch_intervals, _tokens))
-    table.add_row(
-        f"batch (sequences of {seq})",
-        _seqs(p.batch_sequences),
-        *iv(p.batch_intervals, _seqs, 1 / seq),
+    optimum = p.optimum
+    opt_lr, opt_batch = ((), ()) if optimum is None else (optimum.lr, optimum.batch)
+    rows = (
+        (f"learning rate ({p.lr_meaning})", _lr(p.lr), p.lr_intervals, opt_lr, _lr, 1.0),
+        ("batch (tokens)", _tokens(p.batch_tokens), p.batch_intervals, opt_batch, _tokens, 1.0),
+        (
+            f"batch (seq of {seq})",
+            _seqs(p.batch_sequences),
+            p.batch_intervals,
+            opt_batch,
+            _seqs,
+            1 / seq,
+        ),
     )
+    for label, value, mean_iv, opt_iv, fmt, factor in rows:
+        table.add_row(label, value, "", "")
+        for name, items in (("  law's mean", mean_iv), ("  optimum", opt_iv)):
+            if items:
+                cells = (_range(items, mass, fmt, factor) for mass in (0.68, 0.95))
+                table.add_row(name, "", *cells)
+        table.rows[-1].end_section = True
     if p.batch_rounded_sequences is not None and p.batch_rounded_sequences != p.batch_sequences:
-        table.add_row("batch, rounded (sequences)", _seqs(p.batch_rounded_sequences), "", "")
+        table.add_row("batch, rounded (seq)", _seqs(p.batch_rounded_sequences), "", "")
     console.print(table)
     if p.lr_intervals:
         console.print(
-            "Intervals: the law's coefficient uncertainty at this scale "
-            "(x_sᵀ Σ x_s from the card's covariance)."
+            "law's mean: where the law's own mean lies at this scale, from the card's "
+            "coefficient covariance (x_sᵀ Σ x_s) alone; not where this run's optimum is."
         )
+    note = escape(optimum_note(law, p))  # it names card tables ([residual]): not markup
+    if optimum is not None:
+        console.print(f"optimum: where this run's optimum is: {note}; the samplers' prior.")
+    elif note:
+        console.print(note)
     if law.warning:
         console.print(f"[yellow]Warning:[/yellow] {escape(law.warning)}")
     if p.extrapolated:
@@ -87,14 +135,15 @@ def print_predictions(console: Console, laws: Sequence[Law], preds: Sequence[Pre
         title=f"All laws at N={format_size(scale.N or 0)}, D={format_size(scale.D or 0)}",
         title_justify="left",
     )
-    table.add_column("law")
-    table.add_column("lr", justify="right")
-    table.add_column("batch (tokens)", justify="right")
-    table.add_column(f"batch (seq of {scale.seq_len})", justify="right")
-    table.add_column("lr 95 %", justify="right")
+    # Fixed widths for the numbers, so that no law's name is cut short in 80 columns.
+    table.add_column("law", min_width=max(len(law.name) for law in laws))
+    table.add_column("lr", justify="right", width=8)
+    table.add_column("batch (tokens)", justify="right", width=8)
+    table.add_column(f"batch (seq of {scale.seq_len})", justify="right", width=9)
+    table.add_column("lr 95 % ×/÷ mean", justify="right", width=8)
+    table.add_column("lr 95 % ×/÷ optimum", justify="right", width=8)
     notes: list[str] = []
     for law, p in zip(laws, preds, strict=True):
-        lr95 = next((i for i in p.lr_intervals if i.mass == 0.95), None)
         said = []
         if law.warning:
             said.append(f"[yellow]{escape(law.warning)}[/yellow]")
@@ -104,20 +153,33 @@ def print_predictions(console: Console, laws: Sequence[Law], preds: Sequence[Pre
             said.append(f"its lr is the {law.lr_meaning} lr, not the peak")
         if p.extrapolated:
             said.append(f"extrapolated in {', '.join(p.extrapolated)}")
+        if p.lr is not None and p.optimum is not None and not p.optimum.coefficients:
+            said.append(escape("no [covariance] on its card: optimum from residual scatter only"))
         name = law.name
         if said:
             notes.append(f"[{len(notes) + 1}] {law.name}: " + "; ".join(said))
             name += f" [{len(notes)}]"
+        opt_iv = () if p.optimum is None else p.optimum.lr
         table.add_row(
             name,
             _lr(p.lr),
             _tokens(p.batch_tokens),
             _seqs(p.batch_sequences),
-            f"{_lr(lr95.low)} – {_lr(lr95.high)}" if lr95 else "—",
+            _factor(p.lr, p.lr_intervals),
+            _factor(p.lr, opt_iv),
         )
     console.print(table)
     for note in notes:
         console.print(note, highlight=False)
+    console.print(
+        escape(
+            "lr 95 % ×/÷ f: from lr ÷ f to lr × f. mean: the law's mean, from the card's "
+            "coefficient covariance alone; optimum: where this run's optimum is (that + the "
+            "card's residual scatter, widened for extrapolation; --law NAME shows it in full). "
+            "—: the card has no [covariance] (mean) or no [residual] (optimum), or no lr."
+        ),
+        highlight=False,
+    )
 
 
 def print_laws(console: Console, laws: Sequence[Law]) -> None:
