@@ -1,10 +1,12 @@
-"""Shared fixtures: where the released Step Law data lives, and a CLI runner."""
+"""Shared fixtures: where the released Step Law data lives, a CLI runner, a file loader."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,15 @@ def postgres_url() -> str:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def load_file(name: str, path: str) -> types.ModuleType:
+    """The module in ``path`` under the repository (a script or an example: not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_cli(

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import load_file
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("loo", REPO / "scripts/leave_one_n_out.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-LOO = _script()
+LOO = load_file("leave_one_n_out", "scripts/leave_one_n_out.py")
 
 
 def test_coverage_counts_the_truths_inside_and_takes_the_median_ln_width():

@@ -4,7 +4,6 @@ same command line, configurator checks and log lines); and its README shows the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -16,20 +15,12 @@ import pytest
 from steplaw_opt import Scale
 from steplaw_opt.objectives import CommandObjective, RunContext, TrialFailed
 from steplaw_opt.objectives._command import fraction_of
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, load_file, run_cli
 
 FAKE = REPO / "tests" / "fake_nanogpt.py"
 
 
-def _recipe():  # examples/ is not a package
-    spec = importlib.util.spec_from_file_location("recipe", REPO / "examples/nanogpt/recipe.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _recipe()
+recipe = load_file("recipe", "examples/nanogpt/recipe.py")  # examples/ is not a package
 FAKE_TEMPLATE = recipe.TEMPLATE.replace(
     recipe.TRAIN, f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE))}", 1
 )
