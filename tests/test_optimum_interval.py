@@ -59,7 +59,12 @@ def test_the_optimum_interval_is_the_formula_at_7b_by_1_4t():
         for z, i in zip((Z68, Z95), iv, strict=True):
             assert i.low == pytest.approx(value * math.exp(-z * sd), rel=1e-12)
             assert i.high == pytest.approx(value * math.exp(z * sd), rel=1e-12)
-    # the figures the README quotes: lr 0.00028 – 0.0030, ×/÷ 3.28 at 95 %
+    # the figures the README quotes: lr 0.00028 – 0.0030, ×/÷ 3.28 at 95 %; law's mean ×/÷ 1.23
+    assert p.lr_intervals[1].low == pytest.approx(7.5e-4, rel=0.005)
+    assert p.lr_intervals[1].high == pytest.approx(1.12e-3, rel=0.005)
+    assert math.sqrt(p.lr_intervals[1].high / p.lr_intervals[1].low) == pytest.approx(
+        1.23, abs=0.005
+    )
     assert (p.optimum.lr[1].low, p.optimum.lr[1].high) == pytest.approx(
         (2.80e-4, 3.00e-3), rel=3e-3
     )
@@ -77,6 +82,11 @@ def test_the_optimum_interval_is_the_samplers_prior(scale):
 def test_inside_the_range_it_is_not_widened():
     p = STEP.predict(Scale(N=5e8, D=2e10))
     assert p.optimum.distance == 0 and p.optimum.widening == 1
+    # the README: ×/÷ 1.98 for the optimum against ×/÷ 1.05 for the law's mean (95 %, lr)
+    assert math.exp(Z95 * p.optimum.ln_sd[0]) == pytest.approx(1.98, abs=0.005)
+    assert math.sqrt(p.lr_intervals[1].high / p.lr_intervals[1].low) == pytest.approx(
+        1.05, abs=0.005
+    )
 
 
 def test_the_optimum_interval_widens_with_extrapolation_distance():
