@@ -7,11 +7,13 @@ import the names from here, so none of them needs to import the others.
 
 Study user attributes: the target (``steplaw.target.N``/``.D``/``.seq_len``), the law card
 (``steplaw.law``), the batch unit, the budget and the settings a worker rebuilds the study from
-(``steplaw.config``, JSON) and what it tunes (``steplaw.objective``). Trial user attributes: the
-scale the run was made at (``steplaw.N``, ``steplaw.D``, ``steplaw.seq_len``; the target when
-absent), its place in the plan (``steplaw.slot``), its compute in target-run equivalents, for a
-failed run the reason, and the process running it (``steplaw.owner``), what stopped it
-(``steplaw.interrupted_by``) or why it was found lost (``steplaw.lost``).
+(``steplaw.config``, JSON), what it tunes (``steplaw.objective``) and its time budget, time spent
+and why it stopped starting runs (``steplaw.time_*``). Trial user attributes: the scale the run
+was made at (``steplaw.N``, ``steplaw.D``, ``steplaw.seq_len``; the target when absent), its
+place in the plan (``steplaw.slot``), its compute in target-run equivalents, its wall time and
+start (``steplaw.seconds``, ``steplaw.started_at``), for a failed run the reason, and the
+process running it (``steplaw.owner``), what stopped it (``steplaw.interrupted_by``) or why it
+was found lost (``steplaw.lost``).
 Trial system attributes (written by the samplers): what the sampler believed when it proposed
 the trial.
 """
@@ -37,12 +39,18 @@ ATTR_BUDGET = "steplaw.budget"
 ATTR_CONFIG = "steplaw.config"  # everything a worker needs to join the study (JSON)
 ATTR_OBJECTIVE = "steplaw.objective"  # what the study tunes (kind, description, key)
 ATTR_DEMO_CHECK = "steplaw.demo_check"  # tune --demo: the full runs at the law / refined point
+# The time budget (steplaw_opt.tune._time): the one in force (JSON: seconds, gpu_hours,
+# gpus_per_run; the last tune's), the wall seconds spent, why runs stopped being started ("": no)
+ATTR_TIME_BUDGET = "steplaw.time_budget"
+ATTR_TIME_SPENT = "steplaw.time_spent"
+ATTR_TIME_STOP = "steplaw.time_stop"
 
 # Trial user attributes.
 SCALE_ATTRS = {"N": "steplaw.N", "D": "steplaw.D", "seq_len": "steplaw.seq_len"}
 ATTR_FAILURE = "steplaw.failure"
 ATTR_COMPUTE = "steplaw.compute"
 ATTR_SECONDS = "steplaw.seconds"  # the run's wall time, as the tuner measured it
+ATTR_STARTED = "steplaw.started_at"  # when the run started, seconds since the epoch
 ATTR_SLOT = "steplaw.slot"  # the trial's place in the plan (-1: none was left)
 NOTE_PREFIX = "steplaw.note."  # what an objective noted about its run (grid point, …)
 INTERRUPTED = "interrupted"  # the failure reason of a run stopped by Ctrl-C / SIGTERM

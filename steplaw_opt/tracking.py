@@ -395,6 +395,9 @@ class MlflowTracker:
         if not self.enabled or self._study is None:
             return
         refined = getattr(result, "refined", None)
+        timing = (getattr(result, "extras", None) or {}).get("time") or {}
+        if timing and self._run_id is not None:
+            self._guard("record the time budget's stop", self._time_stop, timing)
         if getattr(result, "n_complete", None) == 0:
             refined = None  # the law's point, not a result: _update_parent says so
         last = not self._others_running()
@@ -613,6 +616,11 @@ class MlflowTracker:
         budget = self._context.get("budget", attrs.get("steplaw.budget"))
         if budget is not None:
             metrics.append(Metric("budget", float(budget), now, 0))
+        time_budget = self._context.get("time_budget")  # a TimeBudget (steplaw_opt.tune._time)
+        if getattr(time_budget, "seconds", None) is not None:
+            metrics.append(Metric("time_budget_seconds", float(time_budget.seconds), now, 0))
+        if getattr(time_budget, "gpu_hours", None) is not None:
+            metrics.append(Metric("gpu_hours_budget", float(time_budget.gpu_hours), now, 0))
         plan = self._context.get("plan")
         if plan is not None:
             metrics.append(Metric("plan.runs", float(plan.total_runs), now, 0))
@@ -721,6 +729,22 @@ class MlflowTracker:
     def _terminate(self, run_id: str, status: str, end: int | None = None) -> None:
         self._client.set_terminated(run_id, status=status, end_time=end)
 
+    def _time_stop(self, timing: dict[str, Any]) -> None:
+        """The time budget stopped the study: why, and how many planned runs it left (a resume
+        that ran them all removes the tag again)."""
+        from mlflow.entities import Metric, RunTag
+
+        if not timing.get("limited"):
+            if "steplaw.time_limited" in self._client.get_run(self._run_id).data.tags:
+                self._client.delete_tag(self._run_id, "steplaw.time_limited")
+            return
+        now = int(time.time() * 1000)
+        self._client.log_batch(
+            self._run_id,
+            metrics=[Metric("time_skipped_runs", float(timing.get("skipped_runs") or 0), now, 0)],
+            tags=[RunTag("steplaw.time_limited", str(timing.get("stop"))[:5000])],
+        )
+
     def _end_parent(self, status: str, reason: str) -> None:
         from mlflow.entities import RunTag
 
@@ -783,6 +807,7 @@ class MlflowTracker:
                 if t.user_attrs.get("steplaw.failure") != "interrupted"
             ),
         }
+        values.update(self._time_metrics(trials))
         values.update(self._trust_metrics(trials))
         tags: dict[str, str] = {}
         if finished_trials(trials) == 0:
@@ -804,6 +829,17 @@ class MlflowTracker:
             self._run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()]
         )
         self._log_table()
+
+    def _time_metrics(self, trials: list[Any]) -> dict[str, float]:
+        """The study's wall time spent (what a time budget counts) and its runs' GPU-hours."""
+        from steplaw_opt._timing import run_spent, wall_spent
+
+        at = time.time()
+        gpus = getattr(self._context.get("time_budget"), "gpus_per_run", 1)
+        return {
+            "time_spent_seconds": wall_spent(trials, at),
+            "gpu_hours_spent": run_spent(trials, at) * gpus / 3600.0,
+        }
 
     def _drop_refined_tags(self) -> None:
         """Remove ``refined.*`` tags an earlier version logged for a study with no result."""

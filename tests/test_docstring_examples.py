@@ -19,6 +19,7 @@ MODULES = [
     "steplaw_opt.samplers._study",
     "steplaw_opt.objectives._callable",
     "steplaw_opt.tune._config",
+    "steplaw_opt.tune._time",
     "steplaw_opt.tune._tune",
     "steplaw_opt.bench",
     "steplaw_opt.bench._grids",

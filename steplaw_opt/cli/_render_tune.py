@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from steplaw_opt._timing import builtin_flops, duration_text
 from steplaw_opt.priors import Law
 from steplaw_opt.scale import Scale
 from steplaw_opt.sizes import format_size
@@ -48,15 +49,11 @@ def print_header(console: Console, target: Scale, law: Law, plan: ProxyPlan, sou
     console.print(f"compute in target-run equivalents (budget {plan.budget:g})")
 
 
-# Sustained training throughput of the built-in trainer, FLOP/s, for an order-of-magnitude wall
-# time (6·N·D FLOPs a run): on CPU what its small models reach on two cores here, evaluation and
-# start-up included (the demo: ~5e9); on a GPU a bf16 run at ~30 % of an A100's peak.
-BUILTIN_FLOPS = {"cpu": 5e9, "cuda": 1e14}
 INFEASIBLE_SECONDS = 24 * 3600.0  # a plan longer than this on the machine at hand: say so
 
 
 def _flops(device: str) -> float:
-    return BUILTIN_FLOPS["cuda" if device.startswith("cuda") else "cpu"]
+    return builtin_flops(device)
 
 
 def plan_seconds(plan: ProxyPlan, target: Scale, device: str) -> float:
@@ -76,6 +73,46 @@ def print_wall_time(console: Console, plan: ProxyPlan, target: Scale, device: st
             f"[yellow]warning:[/yellow] this plan is not feasible on this machine ({device}): "
             "the built-in trainer is for small targets and demos. Tune a smaller target, or run "
             "your own trainer where it trains (--command, docs/commands.md)."
+        )
+
+
+def print_time_plan(console: Console, doc: dict[str, Any], *, builtin: bool = False) -> None:
+    """The plan in time (:func:`~steplaw_opt.tune._time.time_plan`): the time a resumed study
+    has spent, the predicted time of the runs to go, and what the time budget fits."""
+    from steplaw_opt.tune._time import TimeBudget
+
+    budget = TimeBudget.from_dict(doc.get("budget"))
+    spent, est, todo = doc["wall_seconds"], doc["estimate_seconds"], doc["runs_left"]
+    measured = est is not None and doc["estimate_from"] != "the objective's own estimate"
+    if spent > 0:
+        gpu = f", {doc['gpu_hours']:.3g} GPU-hours" if budget.gpu_hours is not None else ""
+        console.print(f"time spent so far: {_duration(spent)}{gpu} (the study's runs)")
+    if est is not None and (measured or not builtin):
+        runs = "run" if todo == 1 else "runs"
+        console.print(
+            f"time of the {todo} {runs} to go: about {_duration(est)}, one after the other "
+            f"({doc['estimate_from']})"
+        )
+    if not budget.limited:
+        return
+    console.print(
+        f"time budget {budget.describe()}: no run starts once the time spent plus the run's "
+        "predicted time would pass it",
+        highlight=False,
+    )
+    fits = doc.get("fits_runs")
+    if fits is None:
+        console.print(
+            "  (no run measured yet: the first run always starts, and its time predicts the "
+            "next ones)"
+        )
+    elif fits >= todo:
+        console.print("  it fits the runs to go")
+    else:
+        console.print(
+            f"  [yellow]it fits about {fits} of the {todo} runs to go[/yellow]: the others "
+            "are skipped unless the runs are faster than predicted (a smaller --budget or "
+            "--n-trials plans fewer runs; --batch-min higher makes runs at the batch floor faster)"
         )
 
 
@@ -131,7 +168,8 @@ class TrialDisplay:
 
 
 def run_line(event: Any, where: str) -> str:
-    """The running run, as the progress bar describes it."""
+    """The running run, as the progress bar describes it: its place in the plan and point, the
+    compute spent, its step, loss and time, then the study's time (:func:`time_text`)."""
     text = (
         f"run {event.index + 1}/{event.planned} (trial {event.number}) at {where}: "
         f"lr {event.lr:.3g}, batch {event.batch_size:g}"
@@ -139,7 +177,7 @@ def run_line(event: Any, where: str) -> str:
     if event.budget:
         text += f" · spent {event.compute_spent:.3g} of {event.budget:g}"
     if event.phase != "progress" or event.step is None:
-        return text
+        return text + time_text(event)
     text += f" · step {event.step:,}"
     if event.total_steps:
         text += f"/{event.total_steps:,}"
@@ -147,21 +185,29 @@ def run_line(event: Any, where: str) -> str:
     if event.total_steps and 0 < event.step < event.total_steps:
         left = event.seconds * (event.total_steps - event.step) / event.step
         text += f", ~{_duration(left)} left"
+    return text + time_text(event)
+
+
+def time_text(event: Any) -> str:
+    """`` · time spent 3 min 10 s of 45 min 00 s, about 4 min 02 s left``: the study's wall time
+    spent (of the time budget), its GPU-hours against a GPU-hour budget, and the predicted rest
+    (nothing before a run has been measured)."""
+    spent = getattr(event, "time_spent", None)
+    if spent is None:
+        return ""
+    budget = getattr(event, "time_budget", None)
+    text = f" · time spent {_duration(spent)}"
+    if budget is not None and budget.seconds is not None:
+        text += f" of {_duration(budget.seconds)}"
+    if budget is not None and budget.gpu_hours is not None and event.gpu_hours is not None:
+        text += f", {event.gpu_hours:.3g} of {budget.gpu_hours:g} GPU-hours"
+    if event.time_left is not None:
+        text += f", about {_duration(event.time_left)} left"
     return text
 
 
 def _duration(seconds: float) -> str:
-    seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
-    if seconds < 86400 * 3:
-        return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:02.0f} min"
-    if seconds < 86400 * 365:
-        return f"{seconds / 86400:.0f} days"
-    years = seconds / (86400 * 365)
-    return f"{years:.2g} years" if years < 10 else f"{years:,.0f} years"
+    return duration_text(seconds)
 
 
 def print_result(console: Console, result: Any) -> None:
@@ -210,9 +256,35 @@ def print_result(console: Console, result: Any) -> None:
         f"{result.n_complete} runs finished, {result.n_failed} failed; compute spent "
         f"{result.compute_spent:.3f} target-run equivalents{took}."
     )
+    for line in time_summary(result.extras.get("time"), result.plan.total_runs):
+        console.print(line, highlight=False)
     console.print(f"Recorded in study [bold]{result.study_name}[/bold] at")
     console.print(f"  {result.storage}", highlight=False, markup=False, soft_wrap=True)
     print_mlflow(console, result.extras.get("mlflow"))
+
+
+def time_summary(doc: dict[str, Any] | None, planned: int) -> list[str]:
+    """The time budget's lines of the final summary: what it was and what was spent, and when
+    it stopped the study, why and how many planned runs were not started."""
+    from steplaw_opt.tune._time import TimeBudget
+
+    if not doc:
+        return []
+    budget = TimeBudget.from_dict(doc.get("budget"))
+    if not budget.limited:
+        return []
+    spent = f"spent {_duration(doc['wall_seconds'])} of wall time"
+    if budget.gpu_hours is not None:
+        spent += f" and {doc['gpu_hours']:.3g} GPU-hours"
+    if not doc.get("limited"):
+        return [f"Time budget {budget.describe()}: {spent}; it did not stop a run."]
+    skipped = int(doc.get("skipped_runs") or 0)
+    return [
+        f"[yellow]Time-limited:[/yellow] the time budget ({budget.describe()}) stopped the "
+        f"study: {doc['stop']}; {skipped} of the {planned} planned runs were not started. "
+        "The refined optimum uses the runs that finished; the same command with a larger "
+        "time budget resumes the study and runs the rest."
+    ]
 
 
 def print_mlflow(console: Console, where: dict[str, Any] | None) -> None:

@@ -117,6 +117,25 @@ def tune_command(
         float, typer.Option("--budget", help="Proxy compute in target-run equivalents.")
     ] = 1.0,
     n_trials: Annotated[int | None, typer.Option("--n-trials", help="Cap on runs.")] = None,
+    time_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--time-budget",
+            help="Wall time for the study (45m, 1.5h, 1h30m, or seconds): no run starts once "
+            "the time spent plus its predicted time would pass it.",
+        ),
+    ] = None,
+    gpu_hours: Annotated[
+        str | None,
+        typer.Option(
+            "--gpu-hours",
+            help="GPU-hours for the study's runs (their wall hours × --gpus-per-run), kept "
+            "the same way.",
+        ),
+    ] = None,
+    gpus_per_run: Annotated[
+        int, typer.Option("--gpus-per-run", help="Devices one run uses (for --gpu-hours).")
+    ] = 1,
     sampler: Annotated[str, typer.Option("--sampler", help="plateau or botorch.")] = "plateau",
     law: Annotated[str, typer.Option("--law", help="Law name or card path.")] = "step-law",
     storage: Annotated[
@@ -227,6 +246,12 @@ def tune_command(
         lr_min, lr_max = lr_min or DEMO_LR_BOUNDS[0], lr_max or DEMO_LR_BOUNDS[1]
         batch_min = batch_min or DEMO_BATCH_BOUNDS[0]
         batch_max = batch_max or DEMO_BATCH_BOUNDS[1]
+    from steplaw_opt.tune import _time
+
+    # checked before anything else: a bad value is one line, exit 2, nothing made
+    time_seconds = None if time_budget is None else _time.parse_duration(time_budget)
+    gpu_h = None if gpu_hours is None else _time.parse_gpu_hours(gpu_hours)
+    gpus = _time.check_gpus(gpus_per_run)
     lr_bounds = _bounds("lr", lr_min, lr_max)
     batch_bounds = _bounds("batch", batch_min, batch_max)
     if tokens is None:
@@ -263,7 +288,7 @@ def tune_command(
     from rich.console import Console
 
     from steplaw_opt.cli import _render_tune as render
-    from steplaw_opt.tune import DEFAULT_HEARTBEAT, TuneConfig, plan_proxies
+    from steplaw_opt.tune import DEFAULT_HEARTBEAT, TuneConfig, default_study_name, plan_proxies
 
     config = TuneConfig(
         law=law,
@@ -286,6 +311,9 @@ def tune_command(
         objective_spec=objective.to_spec()
         if command is not None
         else _objective_spec(command, builtin, replay, corpus),
+        time_budget=time_seconds,
+        gpu_hours=gpu_h,
+        gpus_per_run=gpus,
     )
     console = Console(stderr=as_json)
     law_obj = config.law_card
@@ -302,12 +330,19 @@ def tune_command(
         from steplaw_opt.trainer import default_device
 
         render.print_wall_time(console, plan, target, objective.device or default_device())
+    timing = _time.time_plan(
+        plan.schedule(),
+        target,
+        config.time,
+        _study_trials(storage, study_name or default_study_name(target, law_obj), config.time),
+        objective.expected_seconds,
+    )
+    render.print_time_plan(console, timing, builtin=objective.name == "builtin")
     if dry_run:
         if as_json:
-            print(json.dumps({"plan": plan.to_dict()}, indent=2))
+            print(json.dumps({"plan": plan.to_dict(), "time": timing}, indent=2))
         return
     from steplaw_opt._records import mask_url
-    from steplaw_opt.tune import default_study_name as default_name
     from steplaw_opt.tune import tune
 
     if create_only and storage in (None, ":memory:"):
@@ -342,7 +377,7 @@ def tune_command(
             "the same command again to resume.",
         ) from None
     if result is None:  # --create-only
-        name = study_name or default_name(target, law_obj)
+        name = study_name or default_study_name(target, law_obj)
         doc = {"study_name": name, "storage": mask_url(storage or ""), "planned": plan.total_runs}
         if as_json:
             print(json.dumps(doc, indent=2))
@@ -370,7 +405,11 @@ def tune_command(
         )
         raise typer.Exit(1)
     check = None
-    if demo:
+    if demo and (result.extras.get("time") or {}).get("limited"):
+        console.print(  # two full target runs would spend far past the time budget
+            "the demo's final check (two full target runs) is skipped: the time budget is spent"
+        )
+    elif demo:
         check = _demo_check(console, result, target, not as_json, storage)
         tracker.log_demo_check(check)
     if as_json:
@@ -388,6 +427,36 @@ def tune_command(
         )
     if check is not None:
         render.print_demo_check(console, check)
+
+
+def _study_trials(storage: str | None, name: str, budget: Any) -> list[Any]:
+    """The trials of the study this command resumes, read without creating anything (for the
+    plan's time spent and the measured time of its runs): an SQLite file that exists, or with a
+    time budget any other storage; ``[]`` when there is none or it cannot be read (``tune``
+    itself then says why, in one line)."""
+    from steplaw_opt.tune._study import DEFAULT_STORAGE
+
+    url = storage or DEFAULT_STORAGE
+    if url == ":memory:":
+        return []
+    if url.startswith("sqlite:"):
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if not path or not Path(path.split("?", 1)[0]).is_file():
+            return []
+    elif not budget.limited:
+        return []
+    try:
+        import optuna
+
+        from steplaw_opt.tune._study import open_existing_storage
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        backend = open_existing_storage(optuna, url)
+        if name not in optuna.study.get_all_study_names(storage=backend):
+            return []
+        return list(optuna.load_study(study_name=name, storage=backend).get_trials(deepcopy=False))
+    except Exception:
+        return []
 
 
 def _bounds(name: str, low: float | None, high: float | None) -> tuple[float, float] | None:

@@ -71,3 +71,8 @@ class Objective(abc.ABC):
     def allowed_batch_sizes(self, scale: Scale) -> Sequence[float] | None:
         """The batch sizes this objective can run, if it is restricted (``None``: any)."""
         return None
+
+    def expected_seconds(self, scale: Scale) -> float | None:
+        """Its own estimate of a run's wall time at ``scale``, for a time budget before any run
+        has been measured (``None``: it has none; the measured runs are used)."""
+        return None

@@ -35,6 +35,14 @@ class BuiltinTrainerObjective(Objective):
         if corpus is not None:
             trainer.load_corpus(corpus)  # fail now, with the path named, not in trial 1
 
+    def expected_seconds(self, scale: Scale) -> float | None:
+        """6·N·D FLOPs at the trainer's rate on its device (an order of magnitude:
+        :data:`~steplaw_opt._timing.BUILTIN_FLOPS`)."""
+        from steplaw_opt._timing import builtin_flops
+
+        device = self.device or self._trainer.default_device()
+        return 6.0 * float(scale.N or 0) * float(scale.D or 0) / builtin_flops(device)
+
     def run(self, lr: float, batch_size: float, scale: Scale, context: RunContext) -> float:
         try:
             result = self._trainer.train(

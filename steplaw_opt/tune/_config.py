@@ -19,6 +19,7 @@ from steplaw_opt.priors._law import BatchRounding
 from steplaw_opt.scale import Scale
 from steplaw_opt.space import BatchUnit
 from steplaw_opt.tune._plan import ProxyPlan, check_budget, plan_proxies
+from steplaw_opt.tune._time import TimeBudget
 
 SamplerName = Literal["plateau", "botorch"]
 SAMPLERS = ("plateau", "botorch")
@@ -51,6 +52,12 @@ class TuneConfig:
             a trial whose worker stops beating for twice as long is failed and re-queued with
             the same parameters and scale. ``None``: no heartbeats (one worker).
         objective_spec: how ``steplaw-opt worker`` rebuilds the objective (stored in the study).
+        time_budget: wall time of the study, seconds (or a duration: ``"45m"``, ``"1h30m"``);
+            runs stop being started when the time spent plus the next run's predicted time
+            would pass it (:mod:`steplaw_opt.tune._time`). ``None``: no limit.
+        gpu_hours: GPU-hours of the study's runs (their wall times × ``gpus_per_run``), the
+            same way. ``None``: no limit.
+        gpus_per_run: devices one run uses (for ``gpu_hours``).
 
     Example:
         >>> from steplaw_opt.tune import TuneConfig
@@ -74,6 +81,9 @@ class TuneConfig:
     timeout_per_trial: float | None = None
     heartbeat_interval: int | None = None
     objective_spec: dict[str, Any] | None = None
+    time_budget: float | str | None = None
+    gpu_hours: float | None = None
+    gpus_per_run: int = 1
     _law: Law = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +127,13 @@ class TuneConfig:
             raise SteplawInputError(
                 f"objective_spec must be a dict or None, got {c.show(self.objective_spec)}"
             )
+        from steplaw_opt.tune import _time
+
+        if self.time_budget is not None:
+            checked["time_budget"] = _time.parse_duration(self.time_budget, "time_budget")
+        if self.gpu_hours is not None:
+            checked["gpu_hours"] = _time.parse_gpu_hours(self.gpu_hours, "gpu_hours")
+        checked["gpus_per_run"] = _time.check_gpus(self.gpus_per_run, "gpus_per_run")
         for key, value in checked.items():
             object.__setattr__(self, key, value)
         check_budget(self.budget, self.n_trials, self.target_runs)
@@ -125,6 +142,16 @@ class TuneConfig:
     def law_card(self) -> Law:
         """The loaded law card."""
         return self._law
+
+    @property
+    def time(self) -> TimeBudget:
+        """The time budget (:class:`~steplaw_opt.tune._time.TimeBudget`)."""
+        seconds = self.time_budget
+        return TimeBudget(
+            seconds=None if seconds is None else float(seconds),
+            gpu_hours=self.gpu_hours,
+            gpus_per_run=int(self.gpus_per_run),
+        )
 
     def law_ref(self) -> str:
         """How a worker finds the card again: its name, or a card file's absolute path."""
@@ -152,6 +179,9 @@ class TuneConfig:
             "timeout_per_trial": self.timeout_per_trial,
             "heartbeat_interval": self.heartbeat_interval,
             "objective": self.objective_spec,
+            "time_budget": self.time_budget,
+            "gpu_hours": self.gpu_hours,
+            "gpus_per_run": int(self.gpus_per_run),
         }
 
     @classmethod
@@ -175,6 +205,9 @@ class TuneConfig:
             timeout_per_trial=doc.get("timeout_per_trial"),
             heartbeat_interval=doc.get("heartbeat_interval"),
             objective_spec=doc.get("objective"),
+            time_budget=doc.get("time_budget"),
+            gpu_hours=doc.get("gpu_hours"),
+            gpus_per_run=int(doc.get("gpus_per_run") or 1),
         )
 
 

@@ -21,6 +21,9 @@ from steplaw_opt._records import (
     ATTR_OWNER,
     ATTR_SECONDS,
     ATTR_SLOT,
+    ATTR_STARTED,
+    ATTR_TIME_SPENT,
+    ATTR_TIME_STOP,
     BATCH_PARAM,
     INTERRUPTED,
     LR_PARAM,
@@ -32,7 +35,7 @@ from steplaw_opt.errors import SteplawInputError, SteplawStorageError
 from steplaw_opt.objectives import Objective, RunContext, TrialFailed
 from steplaw_opt.objectives._command import steps_for
 from steplaw_opt.scale import Scale
-from steplaw_opt.tune import _workers
+from steplaw_opt.tune import _time, _workers
 from steplaw_opt.tune._config import StudySetup
 from steplaw_opt.tune._plan import run_cost
 from steplaw_opt.tune._result import TrialEvent, TuneResult
@@ -119,6 +122,12 @@ def _work(
 
     target, law_obj, plan = setup.target, setup.law, setup.plan
     retry_storage(recover_lost, study)  # before the MLflow record opens: it ends lost trials' runs
+    attrs = retry_storage(lambda: study.user_attrs)
+    keeper = _time.TimeKeeper(
+        _time.budget_of(attrs, setup.config.time),
+        target,
+        getattr(objective, "expected_seconds", None),
+    )
     if tracker is not None:
         tracker.start(
             study,
@@ -126,8 +135,9 @@ def _work(
             plan=plan,
             storage=mask_url(storage_url),
             law=law_obj,
-            budget=float(study.user_attrs.get(ATTR_BUDGET, 0.0)),
+            budget=float(attrs.get(ATTR_BUDGET, 0.0)),
             objective=objective.name,
+            time_budget=keeper.budget,
         )
     try:
         n_complete, n_failed = run_study(
@@ -137,6 +147,7 @@ def _work(
             on_trial,
             [*callbacks, tracker] if tracker is not None else callbacks,
             tracker,
+            keeper,
         )
     except BaseException as exc:
         if tracker is not None:
@@ -162,10 +173,23 @@ def _work(
     trials = retry_storage(all_trials, study)
     out.extras["run_seconds"] = run_seconds(trials)
     out.extras["notes"] = slow_bound_notes(trials, setup)
+    out.extras["time"] = record_time(study, keeper, trials)
     if tracker is not None:
         tracker.finish(out)
         out.extras["mlflow"] = tracker.location()
     return out
+
+
+def record_time(study: Any, keeper: _time.TimeKeeper, trials: Sequence[Any]) -> dict[str, Any]:
+    """The study's time (:meth:`~steplaw_opt.tune._time.TimeKeeper.summary`), written to the
+    study too: the wall seconds spent (:data:`~steplaw_opt.tune.ATTR_TIME_SPENT`) and why
+    this process stopped starting runs (:data:`~steplaw_opt.tune.ATTR_TIME_STOP`; ``""``:
+    it did not)."""
+    doc = keeper.summary(trials, _time.now())
+    with deferred_stops():
+        retry_storage(study.set_user_attr, ATTR_TIME_SPENT, doc["wall_seconds"])
+        retry_storage(study.set_user_attr, ATTR_TIME_STOP, doc["stop"] or "")
+    return doc
 
 
 def run_seconds(trials: Sequence[Any]) -> float:
@@ -203,8 +227,11 @@ def run_study(
     on_trial: Callable[[TrialEvent], None] | None,
     callbacks: Sequence[Callable[[Any, Any], None]],
     tracker: Any,
+    keeper: _time.TimeKeeper | None = None,
 ) -> tuple[int, int]:
     """Run planned slots until every slot is held by a finished trial; (complete, failed).
+    With a time budget (``keeper``), no run starts once the time spent plus its predicted
+    time would pass it (:func:`~steplaw_opt.tune._time.check_time`).
 
     Any number of processes may run this loop on one study: each new trial claims a free slot
     (:func:`~steplaw_opt.tune._workers.claim_slot`); a re-queued trial (its process died) keeps
@@ -232,13 +259,20 @@ def run_study(
                 break  # the rest run in processes this one cannot watch
             time.sleep(poll)  # others still run: wait, their lost trials come back here
             continue
+        if keeper is not None and keeper.budget.limited:
+            n_waiting = sum(t.state == state.WAITING for t in trials)
+            unstarted = len(schedule) - len(held) + n_waiting
+            if keeper.check(trials, next_scale(trials, schedule, held, setup.target), unstarted,
+                            _time.now()):  # fmt: skip
+                break
+        timing = (keeper, trials, held)
         trial = None
         try:
             with deferred_stops():  # never a trial created but not owned
                 trial = retry_storage(ask, study)
                 _RUNNING_HERE.add(trial._trial_id)
                 retry_storage(trial.set_user_attr, ATTR_OWNER, owner_record(trial.number))
-            ran = _run_trial(study, trial, objective, setup, on_trial, best, spent, tracker)
+            ran = _run_trial(study, trial, objective, setup, on_trial, best, spent, tracker, timing)
         except BaseException as exc:
             if trial is not None:
                 abandon(study, trial, exc)
@@ -248,7 +282,7 @@ def run_study(
                 _RUNNING_HERE.discard(trial._trial_id)
         if ran is None:  # pruned: no slot left for it
             continue
-        event, key, loss, failure, cost, seconds = ran
+        event, key, loss, failure, cost, seconds, clock = ran
         spent += cost
         if loss is not None and loss < best.get(key, math.inf):
             best[key] = loss
@@ -262,6 +296,7 @@ def run_study(
                     compute_spent=spent,
                     seconds=seconds,
                     phase="end",
+                    **clock(seconds, None, done=True),
                 )
             )
         frozen = retry_storage(study._storage.get_trial, trial._trial_id)
@@ -282,7 +317,8 @@ def _run_trial(
     best: dict[tuple[float, float], float],
     spent: float,
     tracker: Any,
-) -> tuple[dict[str, Any], tuple[float, float], float | None, str | None, float, float] | None:
+    timing: tuple[Any, Sequence[Any], set[int]] = (None, (), set()),
+) -> tuple[Any, ...] | None:
     """Claim a slot for ``trial`` (or keep a re-queued trial's), choose its point and run it;
     ``None`` when it found no slot and was pruned."""
     import optuna
@@ -317,7 +353,8 @@ def _run_trial(
         # a database error choosing the point (a restart, a lock) is retried, not a traceback
         lr = retry_storage(trial.suggest_float, LR_PARAM, *setup.lr_bounds, log=True)
         batch = retry_storage(trial.suggest_int, BATCH_PARAM, **setup.batch_dist)
-        started = time.perf_counter()
+        started = _time.monotonic()
+        clock = _clock(timing, schedule, slot, scale)
         key = (float(scale.N or 0), float(scale.D or 0))
         event = dict(
             number=trial.number,
@@ -338,6 +375,7 @@ def _run_trial(
                     compute_spent=spent,
                     seconds=0.0,
                     phase="start",
+                    **clock(0.0, None),
                 )
             )
         if tracker is not None:
@@ -347,6 +385,8 @@ def _run_trial(
 
         def progress(step: int, loss: float) -> None:  # an intermediate loss: the display's
             if on_trial is not None:
+                elapsed = _time.monotonic() - started
+                rest = elapsed * (total - step) / step if total and 0 < step < total else None
                 on_trial(
                     TrialEvent(
                         **event,
@@ -354,10 +394,11 @@ def _run_trial(
                         failure=None,
                         best=best.get(key),
                         compute_spent=spent,
-                        seconds=time.perf_counter() - started,
+                        seconds=elapsed,
                         phase="progress",
                         step=int(step),
                         total_steps=total,
+                        **clock(elapsed, rest),
                     )
                 )
 
@@ -369,7 +410,7 @@ def _run_trial(
         )
         check_stop()  # a stop swallowed while the trial was being set up
         loss, failure, cost = run_one(objective, lr, batch, scale, context, study, trial, cost)
-    return event, key, loss, failure, cost, time.perf_counter() - started
+    return event, key, loss, failure, cost, _time.monotonic() - started, clock
 
 
 def _report(
@@ -466,11 +507,14 @@ def run_one(
 ) -> tuple[float | None, str | None, float]:
     """Run one trial and tell the study; returns (loss, failure reason, compute used: the
     planned ``cost``, or what a failed run recorded using, :func:`consumed`). Each end
-    records the run's wall time (:data:`ATTR_SECONDS`)."""
-    started = time.perf_counter()
+    records the run's wall time (:data:`ATTR_SECONDS`), and its start the moment it starts
+    (:data:`ATTR_STARTED`: what a time budget counts from)."""
+    with deferred_stops():
+        retry_storage(trial.set_user_attr, ATTR_STARTED, round(_time.now(), 3))
+    started = _time.monotonic()
 
     def timed(attrs: dict[str, Any]) -> dict[str, Any]:
-        return {**attrs, ATTR_SECONDS: round(time.perf_counter() - started, 3)}
+        return {**attrs, ATTR_SECONDS: round(_time.monotonic() - started, 3)}
 
     try:
         # a stop interrupts an objective's own code anywhere; one that polls is stopped there
@@ -499,3 +543,57 @@ def run_one(
     if not _tell(study, trial, loss, notes):
         return None, LOST_WHILE_RUNNING, cost
     return loss, None, cost
+
+
+def next_scale(
+    trials: Sequence[Any], schedule: Sequence[Scale], held: set[int], target: Scale
+) -> Scale:
+    """The scale of the run this process would start next: a re-queued (waiting) trial's, else
+    the lowest free slot's."""
+    import optuna
+
+    waiting = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
+    if waiting:
+        return _time.scale_of(min(waiting, key=lambda t: t.number), target)
+    free = [i for i in range(len(schedule)) if i not in held]
+    return schedule[free[0]] if free else target
+
+
+def _clock(
+    timing: tuple[Any, Sequence[Any], set[int]], schedule: Sequence[Scale], slot: int, scale: Scale
+) -> Callable[..., dict[str, Any]]:
+    """The time fields of this run's events: the study's wall time spent when it started plus
+    its own ``elapsed`` seconds, and the predicted rest: its own (``rest``, from its steps, or
+    its predicted time less ``elapsed``) and the free slots' after it (at the run's end,
+    predicted with its own time measured too)."""
+    keeper, trials, held = timing
+    if keeper is None:
+        return lambda elapsed, rest, done=False: {}
+    at = _time.now()
+    spent0 = _time.wall_spent(trials, at)
+    gpu0 = _time.run_spent(trials, at) * keeper.budget.gpus_per_run / 3600.0
+    model = keeper.model(trials)
+    cost = keeper.cost(scale)
+    later = [keeper.cost(schedule[i]) for i in range(len(schedule)) if i not in held and i != slot]
+    after = _time.plan_seconds_left(model, later)
+    mine = model.predict(cost) if model is not None else None
+    budget = keeper.budget if keeper.budget.limited else None
+
+    def fields(elapsed: float, rest: float | None, done: bool = False) -> dict[str, Any]:
+        own = rest if rest is not None else None if mine is None else max(0.0, mine - elapsed)
+        rest_after = after
+        if done:  # this run's time is known now
+            own = 0.0
+            pairs = [*_time.measured_runs(trials), (cost, elapsed)]
+            rest_after = _time.plan_seconds_left(_time.fit_run_times(pairs), later)
+        left = None if own is None or rest_after is None else own + rest_after
+        if left is not None and budget is not None and budget.seconds is not None:
+            left = min(left, max(0.0, budget.seconds - spent0 - elapsed))
+        return {
+            "time_spent": spent0 + elapsed,
+            "time_left": left,
+            "time_budget": budget,
+            "gpu_hours": gpu0 + elapsed * keeper.budget.gpus_per_run / 3600.0,
+        }
+
+    return fields

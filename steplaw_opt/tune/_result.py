@@ -28,6 +28,10 @@ class TrialEvent:
     step: int | None = None  # "progress": the step of the latest intermediate loss
     total_steps: int | None = None  # the run's steps (its tokens ÷ its batch in tokens)
     budget: float | None = None  # the study's budget, in target-run equivalents
+    time_spent: float | None = None  # wall seconds the study has spent (steplaw_opt.tune._time)
+    time_left: float | None = None  # predicted seconds of the rest (None: nothing to go on)
+    time_budget: Any = None  # the TimeBudget in force (None or unlimited: no limit)
+    gpu_hours: float | None = None  # GPU-hours the study's runs have spent
 
 
 @dataclass

@@ -34,7 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from steplaw_opt._files import folder_lock
-from steplaw_opt._records import ATTR_CONFIG, ATTR_OBJECTIVE, mask_url, study_target
+from steplaw_opt._records import (
+    ATTR_CONFIG,
+    ATTR_OBJECTIVE,
+    ATTR_TIME_BUDGET,
+    mask_url,
+    study_target,
+)
 from steplaw_opt.errors import SteplawInputError
 from steplaw_opt.objectives import Objective
 from steplaw_opt.priors import Law
@@ -53,7 +59,7 @@ from steplaw_opt.tune._study import (
     make_storage,
     open_study,
 )
-from steplaw_opt.tune._workers import retry_opening
+from steplaw_opt.tune._workers import retry_opening, retry_storage
 
 
 def tune(
@@ -76,6 +82,9 @@ def tune(
     target_runs: int = 0,
     heartbeat_interval: int | None = None,
     objective_spec: dict[str, Any] | None = None,
+    time_budget: float | str | None = None,
+    gpu_hours: float | None = None,
+    gpus_per_run: int = 1,
     storage: str | None = None,
     study_name: str | None = None,
     on_trial: Callable[[TrialEvent], None] | None = None,
@@ -108,6 +117,10 @@ def tune(
             (default: no tracking; the CLI tracks unless ``--no-mlflow``). Its parent run id is
             kept in the study, so a resumed study continues the same MLflow run; whatever stops
             the study ends the runs FAILED (KILLED for Ctrl-C).
+        time_budget, gpu_hours, gpus_per_run: a time budget (:class:`TuneConfig`): no run starts
+            once the study's time spent plus the run's predicted time would pass it; the
+            result's ``extras["time"]`` says whether it stopped the study, and how many planned
+            runs it left. It is not part of the plan: a resume may give another.
         create_only: create the study (and the MLflow parent run) and return ``None``; workers
             (:func:`run_worker`) run the trials.
         refit_law: after the study, write the law refined by its runs to this ``.toml`` card.
@@ -143,6 +156,9 @@ def tune(
         timeout_per_trial=timeout_per_trial,
         heartbeat_interval=heartbeat_interval,
         objective_spec=objective_spec,
+        time_budget=time_budget,
+        gpu_hours=gpu_hours,
+        gpus_per_run=gpus_per_run,
     )
     if config is None:
         config = given
@@ -171,6 +187,9 @@ def tune(
     )
     result: TuneResult | None = None
     try:
+        # the time budget is this call's (not part of the plan): the study's from now on, for
+        # the workers that join it too
+        retry_storage(study.set_user_attr, ATTR_TIME_BUDGET, json.dumps(config.time.to_dict()))
         if create_only:
             if tracker is not None:
                 tracker.start(study, sampler=setup.sampler, plan=setup.plan,
