@@ -114,7 +114,7 @@ def test_every_command_on_the_page_is_accepted_by_tune(capsys):
     from steplaw_opt.cli import main
 
     commands = console_commands(PAGE)
-    assert len(commands) == 4
+    assert len(commands) == 5
     for argv in commands:
         with pytest.raises(SystemExit) as info:
             main([*argv[1:], "--dry-run", "--storage", ":memory:", "--no-mlflow"])
