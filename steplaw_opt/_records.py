@@ -10,7 +10,8 @@ Study user attributes: the target (``steplaw.target.N``/``.D``/``.seq_len``), th
 (``steplaw.config``, JSON), what it tunes (``steplaw.objective``) and its time budget, time spent
 and why it stopped starting runs (``steplaw.time_*``). Trial user attributes: the scale the run
 was made at (``steplaw.N``, ``steplaw.D``, ``steplaw.seq_len``; the target when absent), its
-place in the plan (``steplaw.slot``), its compute in target-run equivalents, its wall time and
+place in the plan (``steplaw.slot``), the values it really ran with where they differ from its
+parameters (``steplaw.ran_with``), its compute in target-run equivalents, its wall time and
 start (``steplaw.seconds``, ``steplaw.started_at``), for a failed run the reason, and the
 process running it (``steplaw.owner``), what stopped it (``steplaw.interrupted_by``) or why it
 was found lost (``steplaw.lost``).
@@ -49,6 +50,9 @@ ATTR_TIME_STOP = "steplaw.time_stop"
 SCALE_ATTRS = {"N": "steplaw.N", "D": "steplaw.D", "seq_len": "steplaw.seq_len"}
 ATTR_FAILURE = "steplaw.failure"
 ATTR_COMPUTE = "steplaw.compute"
+# The values a run was really made with where they differ from the trial's parameters (a
+# rounded batch, a grid replay's cell): {parameter name: value}; the samplers' model uses them.
+ATTR_RAN_WITH = "steplaw.ran_with"
 ATTR_SECONDS = "steplaw.seconds"  # the run's wall time, as the tuner measured it
 ATTR_STARTED = "steplaw.started_at"  # when the run started, seconds since the epoch
 ATTR_SLOT = "steplaw.slot"  # the trial's place in the plan (-1: none was left)
@@ -110,6 +114,22 @@ def mask_secrets(text: str, url: str) -> str:
             if len(form) >= 2:  # a one-character password would blank out the message
                 out = out.replace(form, "***")
     return _SECRET_PARAM.sub(r"\1***", out)
+
+
+def ran_with(trial: Any, lr_param: str, batch_param: str) -> tuple[float, float]:
+    """The (lr, batch) the trial's run was made with: the values its objective recorded in the
+    ``steplaw.ran_with`` user attribute (a dict keyed by parameter name) where it could not
+    run at the proposal — a trainer that rounds the batch to a multiple of its micro-batch, a
+    grid replay that runs the nearest cell — else the trial's parameters. A recorded value that
+    is not a positive finite number is ignored."""
+    values = {name: float(trial.params[name]) for name in (lr_param, batch_param)}
+    ran = trial.user_attrs.get(ATTR_RAN_WITH)
+    if isinstance(ran, dict):
+        for name in values:
+            x = ran.get(name)
+            if isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < math.inf:
+                values[name] = float(x)
+    return values[lr_param], values[batch_param]
 
 
 def trial_scale(trial: Any, target: Scale) -> Scale:

@@ -52,4 +52,7 @@ def test_the_refined_optimum_corrects_a_law_that_is_wrong(plateau_runs) -> None:
 def test_one_trial_recommends_the_law_point(plateau_runs) -> None:
     for shift in ("none", "const:0.5"):
         law = _mean_pct(plateau_runs, shift, "law", 0)
-        assert _mean_pct(plateau_runs, shift, "plateau", 1) == pytest.approx(law, rel=1e-9)
+        # One run says nothing about where the bottom is: the recommendation stays at the law's
+        # point (to 1e-6: the run is placed at the cell it ran, off the law's point, and its
+        # one loss moves the bowl's linear term a hair through the weak offset prior).
+        assert _mean_pct(plateau_runs, shift, "plateau", 1) == pytest.approx(law, rel=1e-5)

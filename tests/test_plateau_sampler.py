@@ -437,3 +437,44 @@ def test_the_design_step_never_probes_far_up_a_wall(monkeypatch):
         p = t.system_attrs[ATTR_PROPOSAL]
         mean, _ = post.predict(np.array([[p["u"], p["v"]]]), 0)
         assert mean[0] - hist.y.min() <= sampler._bowl.cut + 1e-9
+
+
+def test_a_run_made_at_other_values_than_proposed_is_placed_where_it_ran():
+    # A trainer that rounds the batch to a multiple of 64 and records the batch it ran with:
+    # the model places each run where its loss was measured, and still finds the optimum.
+    def rounding_objective(trial: optuna.Trial, record: bool) -> float:
+        lr = trial.suggest_float("lr", 2.44e-4, 2.21e-2, log=True)
+        batch = trial.suggest_float("batch_size", 16, 2048, log=True)
+        ran = max(64.0, 64.0 * round(batch / 64.0))
+        if record:
+            trial.set_user_attr("steplaw.ran_with", {"batch_size": ran})
+        return bowl_loss(lr, ran)
+
+    for record in (True, False):
+        sampler = PlateauSampler(TARGET, seed=0)
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(lambda t, r=record: rounding_objective(t, r), n_trials=15)
+        placed = np.exp(sampler.history(study).w[:, 1]) * B0
+        proposed = [t.params["batch_size"] for t in study.trials]
+        ran = [t.user_attrs.get("steplaw.ran_with", {}).get("batch_size") for t in study.trials]
+        assert placed == pytest.approx(ran if record else proposed)
+        if record:
+            opt = refined_optimum(study, sampler=sampler)
+            assert math.log(opt.batch_sequences / B0) == pytest.approx(W_TRUE[1], abs=0.1)
+
+
+@pytest.mark.parametrize("bad", [{"batch_size": -3}, {"batch_size": "64"}, {"batch_size": True}, 7])
+def test_a_recorded_value_that_is_not_a_positive_number_is_ignored(bad):
+    from steplaw_opt._records import ran_with
+
+    trial = optuna.trial.create_trial(
+        params={"lr": 1e-3, "batch_size": 100.0},
+        distributions={
+            "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+            "batch_size": optuna.distributions.FloatDistribution(16, 2048, log=True),
+        },
+        value=2.5,
+        user_attrs={"steplaw.ran_with": bad},
+    )
+    assert ran_with(trial, "lr", "batch_size") == (1e-3, 100.0)
+

@@ -81,6 +81,18 @@ def test_a_shifted_landscape_is_the_released_one_moved_by_the_offset(settings) -
         lr, batch = float(s.lr[cell]), float(s.batch[cell])
         moved = Fixed(lr * math.exp(0.5), batch * math.exp(-0.3))
         assert obj(moved) == s.loss[cell]
+
+    # A proposal off the cell's centre runs that cell, and the trial records where it ran.
+    class Recorded(Fixed):
+        def set_user_attr(self, key: str, value: object) -> None:
+            self.__dict__.setdefault("user_attrs", {})[key] = value
+
+    cell = s.best_index
+    near = Recorded(float(s.lr[cell]) * math.exp(0.6), float(s.batch[cell]) * math.exp(-0.2))
+    assert obj(near) == s.loss[cell]
+    ran = near.user_attrs["steplaw.ran_with"]
+    assert ran["lr"] == pytest.approx(float(s.lr[cell]) * math.exp(0.5))
+    assert ran["batch_size"] == pytest.approx(float(s.batch[cell]) * math.exp(-0.3))
     # The argmin of every surface moves by exactly the offset.
     surfaces = noise_free_surfaces(s, FAST)
     land = _Landscape(3, s, "test", offset, surfaces, obj)

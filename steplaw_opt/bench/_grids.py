@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from steplaw_opt._records import ATTR_RAN_WITH
 from steplaw_opt.errors import SteplawInputError
 from steplaw_opt.scale import Scale
 
@@ -178,4 +179,20 @@ class ReplayObjective:
     def __call__(self, trial: object) -> float:
         lr = trial.suggest_float(self.lr_param, *self.lr_bounds, log=True)  # type: ignore[attr-defined]
         batch = trial.suggest_float(self.batch_param, *self.batch_bounds, log=True)  # type: ignore[attr-defined]
-        return self.setting.loss_at(lr, batch)
+        return self._run_cell(trial, lr, batch, (0.0, 0.0))
+
+    def _run_cell(
+        self, trial: object, lr: float, batch: float, offset: tuple[float, float]
+    ) -> float:
+        """The loss of the cell nearest to (lr, batch) on the landscape moved by ``offset``,
+        and where that cell lies recorded in the trial (``steplaw.ran_with``): the run was
+        made there, not at the proposal, which can be half a cell away."""
+        fu, fv = math.exp(offset[0]), math.exp(offset[1])
+        i = self.setting.nearest_index(lr / fu, batch / fv)
+        ran = {
+            self.lr_param: float(self.setting.lr[i]) * fu,
+            self.batch_param: float(self.setting.batch[i]) * fv,
+        }
+        if hasattr(trial, "set_user_attr"):
+            trial.set_user_attr(ATTR_RAN_WITH, ran)
+        return float(self.setting.loss[i])

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from steplaw_opt._records import ran_with
 from steplaw_opt.bench._grids import GridSetting, ReplayObjective, default_grid_path, load_grids
 from steplaw_opt.bench._shift import Shift, ShiftedReplayObjective
 from steplaw_opt.bench._surface import walk_trace
@@ -348,7 +349,9 @@ class _Recommendation:
 
 
 def _trial_points(trials: Sequence[Any]) -> list[tuple[float, float]]:
-    return [(float(t.params[LR_PARAM]), float(t.params[BATCH_PARAM])) for t in trials]
+    """Where each trial ran: the grid cell the replay ran (its ``steplaw.ran_with``), which is
+    where the loss it reported was measured; a best trial is recommended there."""
+    return [ran_with(t, LR_PARAM, BATCH_PARAM) for t in trials]
 
 
 def _best_observed(land: _Landscape, points: Sequence[tuple[float, float]], k: int) -> int:

@@ -135,4 +135,4 @@ class ShiftedReplayObjective(ReplayObjective):
     def __call__(self, trial: object) -> float:
         lr = trial.suggest_float(self.lr_param, *self.lr_bounds, log=True)  # type: ignore[attr-defined]
         batch = trial.suggest_float(self.batch_param, *self.batch_bounds, log=True)  # type: ignore[attr-defined]
-        return self.setting.loss_at(*self.unshift(lr, batch))
+        return self._run_cell(trial, lr, batch, self.offset)
