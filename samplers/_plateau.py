@@ -493,16 +493,22 @@ class PlateauSampler(BaseSampler):
             hist.best_w = hist.w[[int(np.argmin(y))]]
         return hist
 
-    def fit(self, hist: _History, *, law_width_only: bool = False) -> BowlPosterior:
+    def fit(
+        self, hist: _History, *, law_width_only: bool = False, noise_sd: float | None = None
+    ) -> BowlPosterior:
         """The bowl over every scale the history knows, including any :meth:`_History.group_of`
         has added since (a trial's own, new scale), so that scale gets its offset.
 
         ``law_width_only``: the law's error at its own width only, not the mixture of widths
-        (:class:`~steplaw_opt.landscape.BowlPrior`): the plateau-mapping proposals use it."""
+        (:class:`~steplaw_opt.landscape.BowlPrior`): the plateau-mapping proposals use it.
+        ``noise_sd``: another noise level than the bowl prior's (the refined optimum's
+        intervals use the measured one)."""
         n = max(len(hist.group_scales), 1)
         bowl = self._bowl
         if law_width_only:
             bowl = dataclasses.replace(bowl, law_widths=(1.0,), law_weights=(1.0,))
+        if noise_sd is not None:
+            bowl = dataclasses.replace(bowl, noise_sd=noise_sd)
         return fit_bowl(
             hist.w,
             hist.y,

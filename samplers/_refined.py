@@ -66,6 +66,28 @@ def optimum_draws(
     return draws[inside] if inside.sum() > 50 else region.clip_to_box(draws)
 
 
+def interval_draws(
+    sampler: Any, hist: Any, region: Any, rng: np.random.Generator, n_draws: int
+) -> np.ndarray:
+    r"""Draws of where the landscape's optimum is, for the refined optimum's intervals.
+
+    The bowl is refitted at the measured noise level (the fit that places the recommendation
+    keeps headroom above it, which the design and expected-improvement steps need) and each
+    draw of its bottom gets the bowl's own misfit added, :math:`\epsilon \sim
+    N(0, \mathrm{diag}(m_u^2, m_v^2))`: how far the bottom of a bowl fitted to every cell of a
+    released grid lies from the noise-free surfaces' argmins, which no number of runs removes
+    (both measured on the released grids by ``scripts/fit_landscape.py``).
+    """
+    bowl = sampler._bowl
+    noise = bowl.measured_noise_sd  # None: the fit's own
+    posterior = sampler.fit(hist, noise_sd=noise)
+    draws = optimum_draws(sampler, posterior, region, rng, n_draws)
+    misfit = np.asarray(bowl.misfit_sd, dtype=float)
+    if np.any(misfit > 0):
+        draws = draws + rng.standard_normal(draws.shape) * misfit
+    return draws
+
+
 def refined_optimum(
     study: optuna.Study,
     *,
@@ -81,8 +103,9 @@ def refined_optimum(
     coordinates); its argmin :math:`w^* = (u^*, v^*)`, kept inside the trust region, maps back as
     :math:`\mathrm{lr} = \mathrm{lr}^*(\text{target})\,e^{u^*}`,
     :math:`B = B^*(\text{target})\,e^{v^*}`. Credible intervals come from ``n_draws`` posterior
-    draws of :math:`w^*`. With no finished trial it is the law's own point with the prior's
-    intervals.
+    draws of where the optimum is (:func:`interval_draws`: the bowl's posterior at the
+    measured noise, plus its misfit). With no finished trial it is the law's own point with
+    the prior's intervals.
 
     Args:
         study: the study (any storage).
@@ -112,7 +135,7 @@ def refined_optimum(
         region, draws = sampler.trust_region(hist, posterior, box, rng)
         hessian = posterior.hessian
         w = bottom_in_region(posterior, region)
-        draws = optimum_draws(sampler, posterior, region, rng, n_draws)
+        draws = interval_draws(sampler, hist, region, rng, n_draws)
         has_target = bool(np.any(hist.groups == group))
         predicted = None
         # The bowl models ln(loss) when every loss is positive and the study minimises; the

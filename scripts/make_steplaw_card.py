@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
             },
         }
     )
-    args.out.write_text(tomli_w.dumps(card), encoding="utf-8")
+    args.out.write_text(tomli_w.dumps(card, multiline_strings=True), encoding="utf-8")
     print(f"wrote {args.out}")
     for key, published in PUBLISHED.items():
         print(f"  {key:8s} published {published:>8}  bootstrap mean {summary[key]:.5g}")

@@ -80,7 +80,8 @@ class BowlPrior:
     ln L around the bowl near the optimum (measurement noise plus misfit); ``tau``, ``cut``:
     gap scale of the weights and the gap beyond which points are left out; ``k_mean``/``k_sd``:
     the prior of the asymmetry term :math:`k\,g(u - u_\mathrm{ref})`, g = :func:`asymmetry`
-    (``k_sd = 0``: a symmetric bowl).
+    (``k_sd = 0``: a symmetric bowl); ``measured_noise_sd``, ``misfit_sd``: what the refined
+    optimum's intervals use (:func:`~steplaw_opt.samplers.refined_optimum`).
     """
 
     h_mean: np.ndarray
@@ -97,6 +98,11 @@ class BowlPrior:
     # The cliff's asymmetry: k · asymmetry(u − u_ref), k ~ N(k_mean, k_sd²); k_sd = 0: none.
     k_mean: float = 0.0
     k_sd: float = 0.0
+    # For the refined optimum's intervals: the noise as measured (``noise_sd`` keeps headroom
+    # for the fit; None: ``noise_sd``), and the bowl's own misfit, the (u, v) scatter of its
+    # bottom around the landscape's that no number of runs removes.
+    measured_noise_sd: float | None = None
+    misfit_sd: tuple[float, float] = (0.0, 0.0)
 
     @property
     def H0(self) -> np.ndarray:
@@ -125,6 +131,8 @@ class BowlPrior:
             law_weights=self.law_weights,
             k_mean=self.k_mean * kappa,
             k_sd=self.k_sd * kappa,
+            measured_noise_sd=self.measured_noise_sd,
+            misfit_sd=self.misfit_sd,
         )
 
 
@@ -145,6 +153,10 @@ def _default_bowl_prior() -> BowlPrior:
         law_weights=tuple(float(x) for x in data.get("law_error_weights", [1.0])),
         k_mean=float(data.get("k_mean", 0.0)),
         k_sd=float(data.get("k_sd", 0.0)),
+        measured_noise_sd=(
+            float(data["measured_noise_sd"]) if "measured_noise_sd" in data else None
+        ),
+        misfit_sd=tuple(float(x) for x in data.get("misfit_sd", (0.0, 0.0))),  # type: ignore[arg-type]
     )
 
 

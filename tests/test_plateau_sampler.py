@@ -478,3 +478,30 @@ def test_a_recorded_value_that_is_not_a_positive_number_is_ignored(bad):
     )
     assert ran_with(trial, "lr", "batch_size") == (1e-3, 100.0)
 
+
+def test_the_intervals_add_the_bowls_misfit_and_use_the_measured_noise():
+    import dataclasses
+
+    from steplaw_opt.landscape import BowlPrior
+
+    shipped = BowlPrior.default()
+    assert shipped.measured_noise_sd is not None and shipped.measured_noise_sd < shipped.noise_sd
+    assert all(m > 0 for m in shipped.misfit_sd)
+
+    def widths(bowl: BowlPrior) -> tuple[float, float]:
+        sampler = PlateauSampler(TARGET, seed=0, bowl_prior=bowl)
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(objective, n_trials=12)
+        opt = refined_optimum(study, sampler=sampler)
+        return (
+            math.log(opt.lr_interval_95[1] / opt.lr_interval_95[0]),
+            math.log(opt.batch_tokens_interval_95[1] / opt.batch_tokens_interval_95[0]),
+        )
+
+    bare = dataclasses.replace(shipped, misfit_sd=(0.0, 0.0))
+    headroom = dataclasses.replace(bare, measured_noise_sd=None)  # intervals at the fit's noise
+    with_misfit, measured, at_headroom = widths(shipped), widths(bare), widths(headroom)
+    for axis in (0, 1):
+        assert measured[axis] < at_headroom[axis]
+        # the misfit adds in quadrature: at least its own 95 % width, more than the bare one
+        assert with_misfit[axis] > max(measured[axis], 2 * 1.9 * shipped.misfit_sd[axis])
