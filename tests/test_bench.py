@@ -161,6 +161,22 @@ def test_plateau_rows(grid_csv) -> None:
     assert (first["n_distinct"] == 1).all() and not first["oos"].any()
 
 
+def test_the_bench_runs_the_samplers_as_shipped(settings) -> None:
+    # The bench measures what a user gets: PlateauSampler's own default acquisition (an
+    # explicit "ei" here once made every figure describe a sampler nobody ran), Thompson
+    # sampling only for plateau-ts.
+    import inspect
+
+    from steplaw_opt.samplers import PlateauSampler
+
+    default = inspect.signature(PlateauSampler).parameters["acquisition"].default
+    law = bench.load_law("step-law")
+    config = BenchConfig()
+    assert bench._project_sampler("plateau", settings[0], law, config, 0)._acquisition == default
+    ts = bench._project_sampler("plateau-ts", settings[0], law, config, 0)
+    assert ts._acquisition == "thompson"
+
+
 # --------------------------------------------------------------------------------- smoothed surface
 def test_smoothed_surface_fits_the_released_grids(settings: list[GridSetting]) -> None:
     rms_near = []

@@ -237,14 +237,16 @@ def _sampler_kwargs(setting: GridSetting, law: Law, config: BenchConfig, seed: i
 
 
 def make_plateau_sampler(
-    setting: GridSetting, law: Law, config: BenchConfig, seed: int, acquisition: str = "ei"
+    setting: GridSetting, law: Law, config: BenchConfig, seed: int, acquisition: str | None = None
 ) -> Any:
-    """The project's PlateauSampler at a setting's scale, with its default settings
-    (``plateau-ts``: the same with Thompson sampling instead of expected improvement)."""
+    """The project's PlateauSampler at a setting's scale, with its default settings — the
+    acquisition too, unless ``acquisition`` names another (``plateau-ts``: ``"thompson"``)."""
     from steplaw_opt.samplers import PlateauSampler
 
     kwargs = _sampler_kwargs(setting, law, config, seed)
-    return PlateauSampler(setting.scale, acquisition=acquisition, **kwargs)  # type: ignore[arg-type]
+    if acquisition is not None:
+        kwargs["acquisition"] = acquisition
+    return PlateauSampler(setting.scale, **kwargs)  # type: ignore[arg-type]
 
 
 def make_botorch_sampler(setting: GridSetting, law: Law, config: BenchConfig, seed: int) -> Any:
