@@ -59,7 +59,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 
 import numpy as np
@@ -270,13 +270,10 @@ class BowlPosterior:
         g = self.n_groups
         c = theta[..., :g]
         b = theta[..., g : g + 2]
-        a = np.stack(
-            [
-                np.stack([theta[..., g + 2], theta[..., g + 3]], axis=-1),
-                np.stack([theta[..., g + 3], theta[..., g + 4]], axis=-1),
-            ],
-            axis=-2,
-        )
+        a = np.empty((*theta.shape[:-1], 2, 2))
+        a[..., 0, 0] = theta[..., g + 2]
+        a[..., 0, 1] = a[..., 1, 0] = theta[..., g + 3]
+        a[..., 1, 1] = theta[..., g + 4]
         return c, b, a
 
     def _k(self, theta: np.ndarray) -> np.ndarray:
@@ -304,14 +301,19 @@ class BowlPosterior:
         local[..., 0, 0] = a[..., 0, 0] + 3 * k * t
         return np.stack([u, v], axis=-1), project_pd(local, self.min_eig)
 
+    @cached_property
+    def _mean_bottom(self) -> tuple[np.ndarray, np.ndarray]:
+        # Once per posterior: a suggestion asks for the bottom and its curvature many times.
+        return self._bottom(self.mean)
+
     @property
     def hessian(self) -> np.ndarray:
         """The curvature matrix A at the bowl's bottom (A itself for a symmetric bowl)."""
-        return self._bottom(self.mean)[1]
+        return self._mean_bottom[1].copy()
 
     def optimum(self) -> np.ndarray:
         """w* of the posterior-mean bowl."""
-        return self._bottom(self.mean)[0]
+        return self._mean_bottom[0].copy()
 
     def sample_theta(self, rng: np.random.Generator, n: int) -> np.ndarray:
         chol = np.linalg.cholesky(self.cov + 1e-12 * np.eye(len(self.mean)))
@@ -334,6 +336,15 @@ class BowlPosterior:
 
     def optimum_jacobian(self, eps: float = 1e-6) -> np.ndarray:
         """∂w*/∂θ at the posterior mean (2 × len(θ)), by central differences."""
+        if eps == 1e-6:
+            return self._jacobian.copy()
+        return self._central_jacobian(eps)
+
+    @cached_property
+    def _jacobian(self) -> np.ndarray:
+        return self._central_jacobian(1e-6)
+
+    def _central_jacobian(self, eps: float) -> np.ndarray:
         step = np.eye(len(self.mean)) * eps
         plus = self._bottom(self.mean + step)[0]
         minus = self._bottom(self.mean - step)[0]
