@@ -88,6 +88,10 @@ class _History:
     pending_scales: list[tuple[float, float, int]] = field(default_factory=list)
     # The trial being proposed is a slot of a `tune` plan: its runs at the target are kept.
     planned: bool = False
+    # Where finished runs were proposed, for those made elsewhere (``steplaw.ran_with``), and
+    # their scales: proposing there again would run the same values again.
+    proposed: np.ndarray = field(default_factory=lambda: np.empty((0, 2)))
+    proposed_scales: list[tuple[float, float, int]] = field(default_factory=list)
 
     @property
     def taken(self) -> np.ndarray:
@@ -102,6 +106,7 @@ class _History:
                 self.w[self.groups == group],
                 self.failed[[k == key for k in self.failed_scales]].reshape(-1, 2),
                 self.pending,
+                self.proposed[[k == key for k in self.proposed_scales]].reshape(-1, 2),
             ]
         )
 
@@ -445,8 +450,8 @@ class PlateauSampler(BaseSampler):
     def history(self, study: optuna.Study, *, exclude: int | None = None) -> _History:
         """The study's trials mapped to (u, v) at their own scales."""
         sign = 1.0 if study.direction == StudyDirection.MINIMIZE else -1.0
-        w, z, scales, failed, pending = [], [], [], [], []
-        failed_scales, pending_scales = [], []
+        w, z, scales, failed, pending, proposed = [], [], [], [], [], []
+        failed_scales, pending_scales, proposed_scales = [], [], []
         origins: dict[Scale, tuple[float, float]] = {}  # the law, once per distinct scale
         for t in study.get_trials(deepcopy=False):
             if t.number == exclude:
@@ -465,6 +470,10 @@ class PlateauSampler(BaseSampler):
                 w.append(uv)
                 z.append(sign * t.value)
                 scales.append(scale)
+                asked = (float(t.params[self._lr_param]), float(t.params[self._batch_param]))
+                if asked != (lr, batch):  # made elsewhere: its proposal is taken too
+                    proposed.append((math.log(asked[0]) - ln_lr, math.log(asked[1]) - ln_b))
+                    proposed_scales.append(_scale_key(scale))
             elif t.state == TrialState.FAIL or t.state == TrialState.COMPLETE:
                 failed.append(uv)  # a failure, or a NaN/inf value
                 failed_scales.append(_scale_key(scale))
@@ -487,6 +496,8 @@ class PlateauSampler(BaseSampler):
             pending=np.asarray(pending, dtype=float).reshape(-1, 2),
             failed_scales=failed_scales,
             pending_scales=pending_scales,
+            proposed=np.asarray(proposed, dtype=float).reshape(-1, 2),
+            proposed_scales=proposed_scales,
         )
         hist.groups = np.array([hist.group_of(s) for s in scales], dtype=int)
         if len(y):

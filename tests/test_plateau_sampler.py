@@ -505,3 +505,28 @@ def test_the_intervals_add_the_bowls_misfit_and_use_the_measured_noise():
         assert measured[axis] < at_headroom[axis]
         # the misfit adds in quadrature: at least its own 95 % width, more than the bare one
         assert with_misfit[axis] > max(measured[axis], 2 * 1.9 * shipped.misfit_sd[axis])
+
+
+def test_a_proposal_whose_run_was_made_elsewhere_is_not_proposed_again():
+    # A trainer that cannot move off one lr grid point: where the runs were made repeats, but
+    # the sampler must not propose the same values again either (it would run them again).
+    def pinned(trial: optuna.Trial) -> float:
+        trial.suggest_float("lr", 2.44e-4, 2.21e-2, log=True)
+        batch = trial.suggest_float("batch_size", 16, 2048, log=True)
+        trial.set_user_attr("steplaw.ran_with", {"lr": LR0})
+        return bowl_loss(LR0, batch)
+
+    sampler = PlateauSampler(TARGET, seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(pinned, n_trials=12)
+    w = np.array(
+        [
+            (math.log(t.params["lr"] / LR0), math.log(t.params["batch_size"] / B0))
+            for t in study.trials
+        ]
+    )
+    close = (np.abs(w[:, None, 0] - w[None, :, 0]) < 0.3) & (
+        np.abs(w[:, None, 1] - w[None, :, 1]) < 0.3
+    )
+    np.fill_diagonal(close, False)
+    assert not close.any(), "a proposal repeats an earlier one"
