@@ -75,8 +75,9 @@ def interval_draws(
     keeps headroom above it, which the design and expected-improvement steps need) and each
     draw of its bottom gets the bowl's own misfit added, :math:`\epsilon \sim
     N(0, \mathrm{diag}(m_u^2, m_v^2))`: how far the bottom of a bowl fitted to every cell of a
-    released grid lies from the noise-free surfaces' argmins, which no number of runs removes
-    (both measured on the released grids by ``scripts/fit_landscape.py``).
+    released grid lies from the consensus of the noise-free surfaces (the mean of their
+    argmins), which no number of runs removes (both measured on the released grids by
+    ``scripts/fit_landscape.py``).
     """
     bowl = sampler._bowl
     noise = bowl.measured_noise_sd  # None: the fit's own
