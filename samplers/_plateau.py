@@ -167,10 +167,10 @@ class PlateauSampler(BaseSampler):
     Expected improvement chases the lowest observed loss, so its later runs cluster on the
     bottom, where they say little about where the bottom is; the design step spreads them (19
     distinct cells of the released grids in 20 trials) and the refined optimum gains:
-    ``steplaw-opt bench``, mean gap on three noise-free surfaces at 10 / 20 trials, 0.0098 /
-    0.0087 % against 0.015 / 0.013 % with the previous defaults (expected improvement
-    throughout, 8 lattice trials, ``resolution`` 0.15, a symmetric bowl), and 0.012 / 0.0097 %
-    against 0.025 / 0.018 % where the law is off by a factor 1.65 (docs/bench.md). On a
+    ``steplaw-opt bench``, mean gap on three noise-free surfaces at 10 / 20 trials, 0.011 /
+    0.0089 % against 0.016 / 0.012 % with the previous defaults (expected improvement
+    throughout, 8 lattice trials, ``resolution`` 0.15, a symmetric bowl), and 0.013 / 0.0096 %
+    against 0.025 / 0.017 % where the law is off by a factor 1.65 (docs/bench.md). On a
     landscape that is not a bowl (a bent valley) spreading the runs costs more than it tells:
     there use ``acquisition="ei", n_coarse=8, resolution=0.15`` (docs/botorch.md).
 
