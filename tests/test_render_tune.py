@@ -119,3 +119,58 @@ def test_lines_to_copy_are_never_wrapped() -> None:
     lines = out.getvalue().splitlines()
     assert f"  view with: mlflow ui --backend-store-uri {uri}" in lines
     assert f"  at {uri}" in lines
+
+
+def _running(**changes: object) -> object:
+    """A "progress" event of a run with a study's time budget in force (the longest line)."""
+    from types import SimpleNamespace
+
+    from steplaw_opt.tune._time import TimeBudget
+
+    event = SimpleNamespace(
+        index=0, planned=10, number=0, scale=Scale(N=1e5, D=62.5e3, seq_len=128), lr=0.0145,
+        batch_size=2, budget=1.0, compute_spent=0.125, phase="progress", step=1080,
+        total_steps=2429, loss=2.323, seconds=72.0, time_spent=190.0, time_left=242.0,
+        time_budget=TimeBudget(seconds=2700.0, gpu_hours=2.0), gpu_hours=0.05,
+    )  # fmt: skip
+    return SimpleNamespace(**{**vars(event), **changes})
+
+
+def _live(event: object, width: int) -> list[str]:
+    """The live display of tune's running run, as a terminal of ``width`` columns shows it."""
+    from steplaw_opt.cli._render_tune import TrialDisplay
+
+    out = io.StringIO()
+    console = Console(file=out, width=width, color_system=None)
+    display = TrialDisplay(console, 10)
+    display.update(event)
+    console.print(display.progress)
+    return out.getvalue().splitlines()
+
+
+def test_the_running_run_is_readable_at_80_and_60_columns() -> None:
+    """Narrow, the run's line becomes lines of its own (what runs; how it goes; the study's
+    compute and time), none cut: the loss, elapsed time and estimate always show."""
+    for event in (_running(), _running(time_budget=None, time_left=None, time_spent=2.0)):
+        for width in (80, 60):
+            lines = _live(event, width)
+            text = " ".join(line.strip() for line in lines)
+            assert all(len(line.rstrip()) <= width for line in lines), (width, lines)
+            assert "…" not in text
+            assert lines[0].startswith("run 1/10 (trial 0) at D=62.5K: lr 0.0145, batch 2")
+            assert "step 1,080/2,429, loss 2.3230, 1 min 12 s, ~1 min 30 s left" in text
+            assert "compute spent 0.125 of 1" in text and "0/10" in lines[-1]
+            if event.time_budget is not None:  # broken between phrases, not inside one
+                assert "time spent 3 min 10 s of 45 min 00 s," in text
+                assert "0.05 of 2 GPU-hours, about 4 min 02 s left" in text
+
+
+def test_a_wide_terminal_keeps_the_run_on_one_line() -> None:
+    from steplaw_opt.cli._render_tune import run_line
+
+    event = _running(time_budget=None, time_left=None, time_spent=2.0)
+    line = run_line(event, "D=62.5K")
+    assert _live(event, 200)[0] == line  # beside the bar when both fit, or above it
+    started = _running(phase="start", step=None, time_budget=None, time_left=None)
+    (row,) = _live(started, 200)
+    assert row.startswith(run_line(started, "D=62.5K")) and row.rstrip().endswith("0:00:00")

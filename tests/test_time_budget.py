@@ -329,8 +329,11 @@ def test_the_progress_line_shows_time_spent_and_left():
     line = run_line(event, "D=1B")
     assert "time spent 3 min 10 s of 45 min 00 s, about 4 min 02 s left" in line
     bare = SimpleNamespace(**{**vars(event), "time_budget": None, "time_left": None})
-    assert line.endswith("~30 s left · time spent 3 min 10 s of 45 min 00 s, about 4 min 02 s left")
-    assert run_line(bare, "D=1B").endswith("~30 s left · time spent 3 min 10 s")
+    assert line.endswith("~30 s left · compute spent 0.2 of 1 · time spent 3 min 10 s of 45 min "
+                         "00 s, about 4 min 02 s left")  # fmt: skip
+    assert run_line(bare, "D=1B").endswith(
+        "~30 s left · compute spent 0.2 of 1 · time spent 3 min 10 s"
+    )
 
 
 def test_the_plan_says_how_many_runs_the_time_budget_fits():

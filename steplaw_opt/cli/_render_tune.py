@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.measure import Measurement
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from steplaw_opt._timing import builtin_flops, duration_text
 from steplaw_opt.priors import Law
@@ -117,15 +121,15 @@ def print_time_plan(console: Console, doc: dict[str, Any], *, builtin: bool = Fa
 
 
 class TrialDisplay:
-    """One line per finished run above a progress bar, whose description follows the running
-    run: which run of the plan, its point, and from its intermediate losses its step, latest
-    loss, elapsed time and an estimate of the rest (elapsed × steps left ÷ steps done)."""
+    """One line per finished run above the live display of the running run (:class:`_Running`):
+    which run of the plan and its point, and from its intermediate losses its step, latest
+    loss, elapsed time and an estimate of the rest (elapsed × steps left ÷ steps done), the
+    compute and time the study has spent, and a bar of the runs done."""
 
     def __init__(self, console: Console, total: int, *, enabled: bool = True) -> None:
         self.console = console
         self.enabled = enabled
-        self.progress = Progress(
-            TextColumn("{task.description}"),
+        self.progress = _RunProgress(
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -150,8 +154,9 @@ class TrialDisplay:
             return
         where = f"D={format_size(event.scale.D or 0)}"
         if event.phase in ("start", "progress"):
-            self.progress.update(self.task, description=run_line(event, where))
+            self.progress.running = (event, where)
             return
+        self.progress.running = None
         if not self._header:
             self.console.print(
                 f"{'trial':>5}  {'scale':>10}  {'lr':>9}  {'batch':>7}  {'loss':>9}  "
@@ -167,42 +172,108 @@ class TrialDisplay:
         self.progress.advance(self.task)
 
 
-def run_line(event: Any, where: str) -> str:
-    """The running run, as the progress bar describes it: its place in the plan and point, the
-    compute spent, its step, loss and time, then the study's time (:func:`time_text`)."""
-    text = (
-        f"run {event.index + 1}/{event.planned} (trial {event.number}) at {where}: "
-        f"lr {event.lr:.3g}, batch {event.batch_size:g}"
+class _RunProgress(Progress):
+    """The bar of runs done, with the running run (``running``: its event and scale) above it
+    as :class:`_Running` lays it out for the terminal's width."""
+
+    running: tuple[Any, str] | None = None
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield _Running(self.running, self.make_tasks_table(self.tasks))
+
+
+class _Running:
+    """The running run, laid out for the width at hand: on the bar's row when the whole
+    :func:`run_line` fits beside it, else on a line of its own above the bar, and when not even
+    that fits, as :func:`run_lines` (what runs; how it goes; the study's compute and time)."""
+
+    def __init__(self, running: tuple[Any, str] | None, bar: Table) -> None:
+        self.running, self.bar = running, bar
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if self.running is None:
+            yield self.bar
+            return
+        width = options.max_width
+        line = run_line(*self.running)
+        if cell_len(line) + 1 + Measurement.get(console, options, self.bar).maximum <= width:
+            row = Table.grid(padding=(0, 1))
+            row.add_column(no_wrap=True)
+            row.add_column()
+            row.add_row(Text(line), self.bar)
+            yield row
+            return
+        for text in run_lines(*self.running, width):
+            yield Text(text, no_wrap=True, overflow="ellipsis")
+        yield self.bar
+
+
+_BREAK = "\0"  # where run_lines may break a line (run_line: a space)
+
+
+def _parts(event: Any, where: str) -> list[str]:
+    """The running run's parts, each with :data:`_BREAK` where it may break: what runs; how it
+    goes (its step, loss, elapsed time and the rest: only once it reports); the study's
+    compute and time spent (each only when known)."""
+    what = (
+        f"run {event.index + 1}/{event.planned} (trial {event.number}){_BREAK}at {where}:"
+        f"{_BREAK}lr {event.lr:.3g},{_BREAK}batch {event.batch_size:g}"
     )
-    if event.budget:
-        text += f" · spent {event.compute_spent:.3g} of {event.budget:g}"
-    if event.phase != "progress" or event.step is None:
-        return text + time_text(event)
-    text += f" · step {event.step:,}"
-    if event.total_steps:
-        text += f"/{event.total_steps:,}"
-    text += f", loss {event.loss:.4f}, {_duration(event.seconds)}"
-    if event.total_steps and 0 < event.step < event.total_steps:
-        left = event.seconds * (event.total_steps - event.step) / event.step
-        text += f", ~{_duration(left)} left"
-    return text + time_text(event)
+    going = ""
+    if event.phase == "progress" and event.step is not None:
+        steps = f"/{event.total_steps:,}" if event.total_steps else ""
+        going = f"step {event.step:,}{steps},{_BREAK}loss {event.loss:.4f},"
+        going += f"{_BREAK}{_duration(event.seconds)}"
+        if event.total_steps and 0 < event.step < event.total_steps:
+            left = event.seconds * (event.total_steps - event.step) / event.step
+            going += f",{_BREAK}~{_duration(left)} left"
+    spent = f"compute spent {event.compute_spent:.3g} of {event.budget:g}" if event.budget else ""
+    study = f" ·{_BREAK}".join(p for p in (spent, time_text(event)) if p)
+    return [what, going, study]
+
+
+def run_line(event: Any, where: str) -> str:
+    """The running run on one line: its place in the plan and point, its step, loss and time,
+    then the study's compute and time (:func:`time_text`)."""
+    return " · ".join(p for p in _parts(event, where) if p).replace(_BREAK, " ")
+
+
+def run_lines(event: Any, where: str, width: int) -> list[str]:
+    """:func:`run_line` for ``width`` columns: the one line when it fits, else its parts on
+    lines of their own (what runs; how it goes; the study's compute and time), each broken
+    between phrases (never inside a number or a duration) and continued indented."""
+    line = run_line(event, where)
+    if cell_len(line) <= width:
+        return [line]
+    lines: list[str] = []
+    for part in _parts(event, where):
+        if not part:
+            continue
+        words = part.split(_BREAK)
+        lines.append(words[0])
+        for word in words[1:]:
+            if cell_len(lines[-1]) + 1 + cell_len(word) <= width:
+                lines[-1] += " " + word
+            else:
+                lines.append("  " + word)
+    return lines
 
 
 def time_text(event: Any) -> str:
-    """`` · time spent 3 min 10 s of 45 min 00 s, about 4 min 02 s left``: the study's wall time
+    """``time spent 3 min 10 s of 45 min 00 s, about 4 min 02 s left``: the study's wall time
     spent (of the time budget), its GPU-hours against a GPU-hour budget, and the predicted rest
-    (nothing before a run has been measured)."""
+    (empty before the study's time is known; no rest before a run has been measured)."""
     spent = getattr(event, "time_spent", None)
     if spent is None:
         return ""
     budget = getattr(event, "time_budget", None)
-    text = f" · time spent {_duration(spent)}"
+    text = f"time spent {_duration(spent)}"
     if budget is not None and budget.seconds is not None:
         text += f" of {_duration(budget.seconds)}"
     if budget is not None and budget.gpu_hours is not None and event.gpu_hours is not None:
-        text += f", {event.gpu_hours:.3g} of {budget.gpu_hours:g} GPU-hours"
+        text += f",{_BREAK}{event.gpu_hours:.3g} of {budget.gpu_hours:g} GPU-hours"
     if event.time_left is not None:
-        text += f", about {_duration(event.time_left)} left"
+        text += f",{_BREAK}about {_duration(event.time_left)} left"
     return text
 
 
