@@ -4,7 +4,7 @@
 
 1. The replay objective (released grid), target N=214663680 D=1e11, 40 planned runs:
    1 worker × 40 trials, then 4 workers × 10 trials each — completed count, near-duplicate
-   (lr, batch) pairs at one scale (both within the sampler's fine resolution, 0.15 in ln), wall
+   (lr, batch) pairs at one scale (both within the sampler's repeat radius, 0.3 in ln), wall
    time from the workers' start to the last exit, trials/s.
 2. The same plan with a command objective sleeping 0.5 s per run, 1 vs 4 workers (runs that
    take time, where workers pay off).
@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -28,10 +29,13 @@ from pathlib import Path
 
 import optuna
 
+from steplaw_opt.samplers import PlateauSampler
+
 REPO = Path(__file__).resolve().parents[1]
 GRID = Path(os.environ.get("STEPLAW_DATA", REPO.parent / "shared" / "data" / "steplaw"))
 TARGET = ["--params", "214663680", "--tokens", "1e11", "--budget", "5", "--n-trials", "40"]
-FINE = 0.15
+# The sampler's own repeat radius: two runs closer than this in both ln lr and ln batch repeat.
+FINE = float(inspect.signature(PlateauSampler).parameters["resolution"].default)
 FAKE_TRAIN = """
 import json, math, sys, time
 lr, batch = float(sys.argv[1]), float(sys.argv[2])
