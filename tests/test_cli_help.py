@@ -35,10 +35,35 @@ def test_flags_are_shown_as_flags() -> None:
             assert "<bool>" not in line and "BOOLEAN" not in line, line
 
 
-def test_every_option_of_tune_and_worker_has_help() -> None:
+def _commands() -> list[tuple[str, object]]:
+    """Every command of the app, sub-commands (``laws show``) included."""
     import typer.main
 
-    for name in ("tune", "worker"):
-        command = typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
-        bare = [p.opts[0] for p in command.params if not getattr(p, "help", None)]
+    out = []
+    for name, command in typer.main.get_command(app).commands.items():  # type: ignore[attr-defined]
+        out.append((name, command))
+        for sub, inner in getattr(command, "commands", {}).items():
+            out.append((f"{name} {sub}", inner))
+    return out
+
+
+def test_every_option_and_argument_of_every_command_has_help() -> None:
+    for name, command in _commands():
+        params = command.params  # type: ignore[attr-defined]
+        bare = [p.opts[0] for p in params if not getattr(p, "help", None)]
         assert bare == [], f"{name}: options without help: {bare}"
+
+
+def test_fit_names_its_columns_and_seed() -> None:
+    text = _help("fit")
+    for option in ("--lr-col", "--batch-col", "--n-col", "--d-col", "--seed"):
+        line = next(x for x in text.splitlines() if x.strip().startswith(option))
+        words = line.split(maxsplit=2)  # option, type, help (then the default)
+        assert len(words) == 3 and not words[2].startswith("[default"), line
+
+
+def test_a_required_argument_is_named_as_in_its_arguments_section() -> None:
+    result = CliRunner().invoke(app, ["laws", "show", "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert "Usage: steplaw-opt laws show [OPTIONS] NAME" in result.output
+    assert "{" not in result.output and "NAME <str>" in result.output

@@ -123,3 +123,37 @@ def test_predict_help_and_errors_still_come_from_the_typer_app():
     r = run_cli("predict", "--params", "7B", "--tokens", "1T", "--seq-len", "2k")
     assert r.returncode == 2 and "'--seq-len'" in r.stderr and "integer" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_rounded_batch_outside_the_interval_gets_a_note_with_its_cost():
+    """6.48B on 2T: the law's 2,992 sequences round (pow2) to 4,096, outside the law's mean 95 %
+    range (2,484 – 3,604): one note, with the loss the rounding costs by the released grids'
+    curvature, exp(H_vv · ln(4096/2992)²) − 1; a rounding inside the range gets none."""
+    import math
+
+    from steplaw_opt.landscape import BowlPrior
+
+    args = ["predict", "--params", "6.48e9", "--tokens", "2e12", "--round-batch"]
+    r = run_cli(*args, "pow2")
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    cost = math.expm1(BowlPrior.default().h_mean[2] * math.log(4096 / 2992.0) ** 2)
+    assert (
+        "note: the rounded batch 4,096 lies outside the law's mean 95 % range (2,484 – 3,604 "
+        f"sequences); by the released grids' curvature it costs about {cost:.2%} in loss"
+    ) in text
+    inside = run_cli(*args, "100")  # 3,000: inside the range
+    assert inside.returncode == 0 and "3,000" in inside.stdout and "note:" not in inside.stdout
+
+
+def test_the_rounding_note_imports_nothing_heavy():
+    code = (
+        "import sys; from steplaw_opt.cli import main\n"
+        "try:\n    main(['predict', '--params', '6.48e9', '--tokens', '2e12', '--round-batch',"
+        " 'pow2'])\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+        f"print('HEAVY=' + ','.join(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}"
+        f" or m in {HEAVY!r})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "note: the rounded batch 4,096" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY="

@@ -110,3 +110,21 @@ def test_unknown_run_id_exits_2(tuned):
     _, _, uri = tuned
     r = run_cli("report", "--run-id", "0" * 32, "--tracking-uri", uri)
     assert r.returncode == 2 and "no MLflow run" in r.stderr
+
+
+def test_report_says_when_the_rounded_batch_lies_outside_its_interval(tuned):
+    """A --round-batch whose multiple lies past the batch's 95 % interval: the same note as tune
+    prints (the refined optimum's), under the table, in text and Markdown."""
+    result, storage, _ = tuned
+    hi = result.refined.batch_tokens_interval_95[1] / result.refined.seq_len
+    k = int(2 * hi) + 1  # the nearest positive multiple of k is k itself: outside
+    args = ("report", result.study_name, "--storage", storage, "--no-plots", "--round-batch")
+    r = run_cli(*args, str(k))
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert f"note: the rounded batch {k} lies outside the batch's 95 % interval" in text
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80  # piped: 80 columns
+    md = run_cli(*args, str(k), "--format", "markdown")
+    assert f"- note: the rounded batch {k} lies outside" in md.stdout
+    plain = run_cli(*args[:-1])
+    assert plain.returncode == 0 and "lies outside" not in plain.stdout

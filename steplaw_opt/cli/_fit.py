@@ -56,10 +56,22 @@ def fit(
             rich_help_panel=_PANEL,
         ),
     ] = None,
-    lr_col: Annotated[str, typer.Option("--lr-col", rich_help_panel=_COLS)] = "lr",
-    batch_col: Annotated[str, typer.Option("--batch-col", rich_help_panel=_COLS)] = "bs",
-    n_col: Annotated[str, typer.Option("--n-col", rich_help_panel=_COLS)] = "N",
-    d_col: Annotated[str, typer.Option("--d-col", rich_help_panel=_COLS)] = "D",
+    lr_col: Annotated[
+        str,
+        typer.Option("--lr-col", help="Learning-rate column of the CSV.", rich_help_panel=_COLS),
+    ] = "lr",
+    batch_col: Annotated[
+        str,
+        typer.Option("--batch-col", help="Batch column (in --batch-unit).", rich_help_panel=_COLS),
+    ] = "bs",
+    n_col: Annotated[
+        str,
+        typer.Option("--n-col", help="Model-size column (parameters).", rich_help_panel=_COLS),
+    ] = "N",
+    d_col: Annotated[
+        str,
+        typer.Option("--d-col", help="Training-tokens column.", rich_help_panel=_COLS),
+    ] = "D",
     loss_col: Annotated[
         str | None,
         typer.Option(
@@ -108,7 +120,14 @@ def fit(
             rich_help_panel=_METHOD,
         ),
     ] = "runs",
-    seed: Annotated[int, typer.Option("--seed", rich_help_panel=_METHOD)] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed",
+            help="Seed of the bootstrap resamples (same seed, same sd).",
+            rich_help_panel=_METHOD,
+        ),
+    ] = 0,
     form: Annotated[
         str | None,
         typer.Option(

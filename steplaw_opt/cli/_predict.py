@@ -10,6 +10,7 @@ import math
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 
 from steplaw_opt.cli._common import (
     ActiveOpt,
@@ -122,8 +123,23 @@ def laws_list(ctx: typer.Context) -> None:
     _render.print_laws(_console(), list_laws(include_unusable=True))
 
 
-@laws_app.command("show")
-def laws_show(name: Annotated[str, typer.Argument(help="A law name or a path to a card.")]) -> None:
+class _PlainUsage(TyperCommand):
+    """A command whose usage line names a required argument as ``NAME``, as its help's
+    Arguments section does (typer writes ``{NAME}``)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar or (param.name or "").upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+@laws_app.command("show", cls=_PlainUsage)
+def laws_show(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A law name or a path to a card.")],
+) -> None:
     """Print one law card in full."""
     from steplaw_opt.cli import _render
     from steplaw_opt.priors import load_law

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,65 @@ def _tokens(x: float | None) -> str:
 
 def _seqs(x: float | None) -> str:
     return "—" if x is None else f"{x:,.0f}"
+
+
+def _loss(x: float | None) -> str:
+    """A loss as tune prints it (four decimals)."""
+    return "—" if x is None else f"{x:.4f}"
+
+
+# A piece of a failure reason that is an exception's own line: ``ValueError: …``,
+# ``torch.OutOfMemoryError: …``, ``KeyboardInterrupt``.
+_EXCEPTION = re.compile(r"[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning)\b")
+_PREFIX = re.compile(r"(exit code -?\d+|signal \w+): ")
+
+
+def failure_line(reason: object, limit: int = 80) -> str:
+    """A failure reason on one line of at most ``limit`` characters, for a table: a command's
+    reason is its exit code and its stderr's last lines joined with `` | `` (a traceback), of
+    which the exception's own line (``ValueError: …``) says what happened; the last such line,
+    else the exit code and the last line with any letter or digit in it (not a ``^^^^`` marker).
+    The full reason stays in the study (the trial's ``steplaw.failure`` attribute)."""
+    text = str(reason or "").strip()
+    pieces = [p.strip() for p in re.split(r"\n| \| ", text)]
+    pieces = [p for p in pieces if re.search(r"[^\W_]", p)]
+    if len(pieces) > 1:
+        prefix = _PREFIX.match(pieces[0])
+        exception = [p for p in pieces if _EXCEPTION.match(p)]
+        if exception:
+            text = exception[-1]
+        else:
+            text = f"{prefix.group(1)}: {pieces[-1]}" if prefix else pieces[-1]
+    elif pieces:
+        text = pieces[0]
+    else:
+        text = ""
+    limit = max(limit, 2)
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def rounding_note(p: Prediction) -> str:
+    """A line when the rounded batch lies outside the 95 % range of the law's mean, with what
+    the rounding costs at the law's lr by the released grids' curvature (the bowl prior's
+    H_vv in ln loss per ln batch², priors/data/landscape.toml); empty when there is nothing to
+    say."""
+    rounded, batch = p.batch_rounded_sequences, p.batch_sequences
+    iv = next((i for i in p.batch_intervals if i.mass == 0.95), None)
+    if rounded is None or batch is None or rounded == batch or iv is None or batch <= 0:
+        return ""
+    seq = p.scale.seq_len
+    lo, hi = iv.low / seq, iv.high / seq
+    if lo <= rounded <= hi:
+        return ""
+    from steplaw_opt.landscape import BowlPrior  # numpy only: predict stays light
+
+    h_vv = float(BowlPrior.default().h_mean[2])
+    cost = math.expm1(h_vv * math.log(rounded / batch) ** 2)
+    return (
+        f"the rounded batch {_seqs(rounded)} lies outside the law's mean 95 % range "
+        f"({_seqs(lo)} – {_seqs(hi)} sequences); by the released grids' curvature it costs "
+        f"about {cost:.2%} in loss at the law's lr"
+    )
 
 
 def _formula(law: Law, which: str) -> str:
@@ -109,6 +169,9 @@ def print_prediction(console: Console, law: Law, p: Prediction) -> None:
     if p.batch_rounded_sequences is not None and p.batch_rounded_sequences != p.batch_sequences:
         table.add_row("batch, rounded (seq)", _seqs(p.batch_rounded_sequences), "", "")
     console.print(table)
+    rounding = rounding_note(p)
+    if rounding:
+        console.print(f"[yellow]note:[/yellow] {rounding}", highlight=False)
     if p.lr_intervals:
         console.print(
             "law's mean: where the law's own mean lies at this scale, from the card's "

@@ -278,23 +278,31 @@ def _cell(key: str, value: Any) -> Any:
 
 # ------------------------------------------------------------------------------- output
 def _fmt(value: Any, kind: str = "g") -> str:
+    """A number as tune prints it (:mod:`steplaw_opt.cli._render`, :mod:`._render_tune`)."""
+    from steplaw_opt.cli._render import _loss, _lr, _tokens
+    from steplaw_opt.cli._render_tune import _seq
+
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if kind == "pct":
         return f"{value:.3%}"
-    if kind == "lr":  # as tune prints the refined optimum
-        return f"{value:.3g}"
+    if kind == "3g":  # lr, u and v: three significant digits
+        return _lr(value)
+    if kind == "loss":
+        return _loss(value)
     if kind == "count":
         return f"{value:,.0f}"
+    if kind == "seq":  # a batch in sequences: whole numbers when large, 2 digits when small
+        return _seq(value)
+    if kind == "batch":  # a trial's batch, as tune's trial lines print it
+        return f"{value:g}"
     if kind == "size":
-        from steplaw_opt.sizes import format_size
-
-        return format_size(float(value))
+        return _tokens(float(value))
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _optimum_rows(opt: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(quantity, refined, 95 % interval, plateau) rows."""
+    """(quantity, refined, 95 % interval, plateau) rows, formatted as tune's table."""
 
     def rng(pair: Any, kind: str = "g") -> str:
         if not pair:
@@ -305,64 +313,87 @@ def _optimum_rows(opt: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     b95 = opt.get("batch_tokens_interval_95")
     plateau_b = opt.get("plateau_batch_tokens")
     return [
-        ("learning rate", _fmt(opt.get("lr"), "lr"), rng(opt.get("lr_interval_95"), "lr"),
-         rng(opt.get("plateau_lr"), "lr")),
+        ("learning rate", _fmt(opt.get("lr"), "3g"), rng(opt.get("lr_interval_95"), "3g"),
+         rng(opt.get("plateau_lr"), "3g")),
         ("batch (tokens)", _fmt(opt.get("batch_tokens"), "size"), rng(b95, "size"),
          rng(plateau_b, "size")),
         (f"batch (sequences of {int(seq)})", _fmt(opt.get("batch_sequences_rounded"), "count"),
-         rng([x / seq for x in b95] if b95 else None, "count"),
-         rng([x / seq for x in plateau_b] if plateau_b else None, "count")),
-        ("predicted loss", _predicted(opt.get("predicted_loss")), "", ""),
+         rng([x / seq for x in b95] if b95 else None, "seq"),
+         rng([x / seq for x in plateau_b] if plateau_b else None, "seq")),
     ]  # fmt: skip
+
+
+def _plateau_header(opt: dict[str, Any]) -> str:
+    eps = opt.get("plateau_eps")
+    return "plateau" if eps is None else f"plateau (≤ {eps:.2%})"  # as tune heads it
 
 
 def _predicted(value: Any) -> str:
     """The bowl's loss at the recommendation, at the target; none without a run there (each
     proxy scale has its own loss offset, so proxies alone do not give the target's loss)."""
     if value is None:
-        return "— (no run at the target scale)"
-    return f"{value:.4f}"  # as tune prints it
+        return "no predicted loss at the target (no run at the target scale)"
+    return f"predicted loss at the target: {_fmt(value, 'loss')}"  # as tune prints it
 
 
-def _trial_cells(row: dict[str, Any]) -> list[str]:
-    return [
-        _fmt(row.get("trial")),
-        str(row.get("state") or ""),
-        _fmt(row.get("D"), "size"),
-        _fmt(row.get("lr")),
-        _fmt(row.get("batch_size")),
-        _fmt(row.get("loss")),
-        _fmt(row.get("gap"), "pct"),
-        _fmt(row.get("u")),
-        _fmt(row.get("v")),
-        _short_text(row.get("failure")),
-    ]
+def _notes(opt: dict[str, Any]) -> list[str]:
+    """The refined optimum's notes (a recommendation on a search bound, a rounded batch outside
+    its 95 % interval): the same lines tune prints under its table."""
+    return [str(n) for n in opt.get("notes") or ()]
 
 
-def _short_text(value: Any, limit: int = 200) -> str:
-    """A failure reason for a table cell: its first line, cut (a study may hold a reason of
-    megabytes, written by an older version or by someone else)."""
-    text = str(value or "").strip()
-    text = text.splitlines()[0] if text else ""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+# What the trials table shows; the failure reason goes under it, one line a failed trial.
+SHOWN_COLUMNS = TABLE_COLUMNS[:-1]
+HEADERS = {"batch_size": "batch"}
+KINDS = {"D": "size", "lr": "3g", "batch_size": "batch", "loss": "loss", "gap": "pct",
+         "u": "3g", "v": "3g"}  # fmt: skip
+
+
+def _trial_cells(
+    row: dict[str, Any], columns: tuple[str, ...] = TABLE_COLUMNS, limit: int = 300
+) -> list[str]:
+    cells = []
+    for col in columns:
+        if col == "state":
+            cells.append(str(row.get("state") or ""))
+        elif col == "failure":
+            cells.append(_short_text(row.get("failure"), limit))
+        else:
+            cells.append(_fmt(row.get(col), KINDS.get(col, "g")))
+    return cells
+
+
+def _short_text(value: Any, limit: int = 300) -> str:
+    """A failure reason for a table cell or line: the exception's line of a traceback, cut to
+    ``limit`` (a study may hold a reason of megabytes, written by an older version or by
+    someone else); the full reason stays in the study's attribute and the JSON report."""
+    from steplaw_opt.cli._render import failure_line
+
+    return failure_line(value, limit)
 
 
 def to_markdown(doc: dict[str, Any]) -> str:
     """The report as Markdown: the optimum, the trials table, the plots."""
     lines = [f"# {doc['study_name']}", ""]
     target = doc.get("target") or {}
+    opt = doc["refined_optimum"]
     lines.append(
         f"Target N={_fmt(target.get('N'), 'size')}, D={_fmt(target.get('D'), 'size')}, "
         f"seq_len {_fmt(target.get('seq_len'))}; law {doc.get('law')}; storage "
         f"`{doc.get('storage')}`."
     )
-    lines += ["", "## Refined optimum", "", "| quantity | refined | 95 % interval | plateau |"]
+    lines += ["", "## Refined optimum", "",
+              f"| quantity | refined | 95 % interval | {_plateau_header(opt)} |"]  # fmt: skip
     lines.append("|---|---:|---:|---:|")
-    lines += [f"| {' | '.join(r)} |" for r in _optimum_rows(doc["refined_optimum"])]
+    lines += [f"| {' | '.join(r)} |" for r in _optimum_rows(opt)]
+    lines += ["", _predicted(opt.get("predicted_loss")) + "."]
+    lines += [f"- note: {n}" for n in _notes(opt)]
     lines += ["", f"## Trials ({len(doc['trials'])})", ""]
     lines.append("| " + " | ".join(TABLE_COLUMNS) + " |")
     lines.append("|" + "---:|" * len(TABLE_COLUMNS))
-    lines += ["| " + " | ".join(_trial_cells(r)) + " |" for r in doc["trials"]]
+    for r in doc["trials"]:
+        cells = [c.replace("|", "\\|") for c in _trial_cells(r)]
+        lines.append("| " + " | ".join(cells) + " |")
     if doc.get("plots"):
         lines += ["", "## Plots", ""]
         lines += [f"![{Path(p).stem}]({p})" for p in doc["plots"]]
@@ -374,30 +405,62 @@ def to_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _print_text(doc: dict[str, Any]) -> None:
+WIDTH = 80  # piped: the tables fit 80 columns (a terminal: its own width)
+
+
+def _print_text(doc: dict[str, Any], console: Any = None) -> None:
+    from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
-    if not console.is_terminal:
-        console.width = max(console.width, 130)
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console.width = WIDTH
+    opt = doc["refined_optimum"]
     console.print(
-        f"[bold]{doc['study_name']}[/bold] · storage {doc.get('storage')}", highlight=False
+        f"[bold]{escape(str(doc['study_name']))}[/bold] · storage "
+        f"{escape(str(doc.get('storage')))}",
+        highlight=False,
     )
     table = Table(title="Refined optimum at the target", title_justify="left")
-    for col in ("quantity", "refined", "95 % interval", "plateau"):
-        table.add_column(col, justify="left" if col == "quantity" else "right")
-    for row in _optimum_rows(doc["refined_optimum"]):
+    for col in ("quantity", "refined", "95 % interval", _plateau_header(opt)):
+        table.add_column(col, justify="left" if col == "quantity" else "right", overflow="fold")
+    for row in _optimum_rows(opt):
         table.add_row(*row)
     console.print(table)
-    trials = Table(title=f"Trials ({len(doc['trials'])})", title_justify="left")
-    for col in TABLE_COLUMNS:
-        trials.add_column(col, justify="left" if col in ("state", "failure") else "right")
+    for note in _notes(opt):
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
+    console.print(_predicted(opt.get("predicted_loss")), highlight=False)
+    # The numbers in a table of their own (no vertical rules: it fits 80 columns; a cell that
+    # does not fit wraps, never cut), and each failed trial's reason under it on one line.
+    trials = Table(
+        title=f"Trials ({len(doc['trials'])})",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+    for col in SHOWN_COLUMNS:
+        trials.add_column(
+            HEADERS.get(col, col), justify="left" if col == "state" else "right", overflow="fold"
+        )
+    failed = []
     for row in doc["trials"]:
-        trials.add_row(*_trial_cells(row))
+        trials.add_row(*_trial_cells(row, SHOWN_COLUMNS))
+        if row.get("failure"):
+            failed.append(row)
     console.print(trials)
+    for row in failed:
+        head = f"trial {_fmt(row.get('trial'))} failed: "
+        reason = _short_text(row.get("failure"), max(console.width - len(head), 20))
+        console.print(head + reason, highlight=False, markup=False, soft_wrap=True)
     for path in doc.get("plots", []):
-        console.print(f"plot: {path}", highlight=False)
+        console.print(f"plot: {path}", highlight=False, markup=False)
     if doc.get("mlflow"):
         m = doc["mlflow"]
-        console.print(f"MLflow run {m['run_id']} at {m['tracking_uri']}", highlight=False)
+        console.print(
+            f"MLflow run {m['run_id']} at {m['tracking_uri']}", highlight=False, markup=False
+        )

@@ -364,7 +364,7 @@ def tune_command(
                 config=config,
                 storage=storage,
                 study_name=study_name,
-                on_trial=display.update,
+                on_trial=trial_printer(display, console),
                 tracker=tracker,
                 create_only=create_only,
                 refit_law=refit_law,
@@ -567,3 +567,47 @@ def _objective_spec(
     if replay is not None:
         return {"kind": "replay", "grid": str(Path(replay).resolve())}
     return {"kind": "builtin", "corpus": str(Path(corpus).resolve()) if corpus else None}
+
+
+# A finished trial's line without its loss (trial, scale, lr, batch, best, compute, seconds),
+# and the width of its loss column, where a failure reason that fits stands.
+TRIAL_LINE_WITHOUT_LOSS = 67
+LOSS_COLUMN = 9
+
+
+def shown_event(event: Any, width: int) -> tuple[Any, str | None]:
+    """``event`` as the trial lines show it, and the line under it, if any: a failure reason as
+    one line, the exception's of a traceback (:func:`~steplaw_opt.cli._render.failure_line`),
+    not read as markup; in the loss column when the trial's line still fits ``width`` with it,
+    else ``failed`` there and the reason on the next line, cut to ``width``. The study keeps
+    the whole reason."""
+    import dataclasses
+
+    from rich.markup import escape
+
+    from steplaw_opt.cli._render import failure_line
+
+    if event.phase != "end" or not event.failure:
+        return event, None
+    room = max(width - TRIAL_LINE_WITHOUT_LOSS, LOSS_COLUMN)
+    line = failure_line(event.failure, width)
+    if len(line) <= room:
+        return dataclasses.replace(event, failure=escape(line)), None
+    below = failure_line(event.failure, width - len(UNDER))
+    return dataclasses.replace(event, failure="failed"), f"{UNDER}{below}"
+
+
+UNDER = "      ↳ "  # the reason under its trial's line
+
+
+def trial_printer(display: Any, console: Any) -> Any:
+    """The ``on_trial`` callback of ``tune``: the display's line for each event, a failed
+    trial's reason under its line (:func:`shown_event`)."""
+
+    def on_trial(event: Any) -> None:
+        shown, below = shown_event(event, console.width)
+        display.update(shown)
+        if below is not None and display.enabled:
+            console.print(below, style="red", highlight=False, markup=False, soft_wrap=True)
+
+    return on_trial
