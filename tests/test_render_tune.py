@@ -30,6 +30,19 @@ def test_the_demo_sized_plan_is_minutes_and_no_warning() -> None:
     assert "min" in text and "not feasible" not in text
 
 
+def test_the_demo_estimate_counts_its_final_check() -> None:
+    # The demo runs two full target runs after the proxies: an estimate of the proxies alone
+    # said "about 2 min" for a demo that took three times that.
+    target = Scale(N=1e5, D=1e6)
+    out = io.StringIO()
+    console = Console(file=out, width=200, color_system=None)
+    print_wall_time(console, plan_proxies(target, 1.0), target, "cpu", final_runs=2)
+    text = out.getvalue()
+    full = 2 * 6.0 * 1e5 * 1e6 / 5e9
+    assert "then 2 full runs at the target for the final check" in text
+    assert _duration(full) in text
+
+
 def test_a_gpu_is_assumed_faster_and_the_estimate_scales_with_compute() -> None:
     target = Scale(N=1e8, D=2e9)
     plan = plan_proxies(target, 1.0)

@@ -65,13 +65,23 @@ def plan_seconds(plan: ProxyPlan, target: Scale, device: str) -> float:
     return 6.0 * float(target.N or 0) * float(target.D or 0) * plan.compute / _flops(device)
 
 
-def print_wall_time(console: Console, plan: ProxyPlan, target: Scale, device: str) -> None:
-    """The built-in trainer's plan in time, and a warning when it cannot finish here."""
+def print_wall_time(
+    console: Console, plan: ProxyPlan, target: Scale, device: str, *, final_runs: int = 0
+) -> None:
+    """The built-in trainer's plan in time (plus ``final_runs`` full runs at the target after
+    it: the demo's final check), and a warning when it cannot finish here."""
     seconds = plan_seconds(plan, target, device)
     console.print(
         f"wall time with the built-in trainer on {device}: about {_duration(seconds)} "
         f"(6·N·D FLOPs a run at ~{_flops(device):.0e} FLOP/s; an order of magnitude)"
     )
+    if final_runs:
+        full = final_runs * 6.0 * float(target.N or 0) * float(target.D or 0) / _flops(device)
+        console.print(
+            f"then {final_runs} full runs at the target for the final check: about "
+            f"{_duration(full)} more"
+        )
+        seconds += full
     if seconds > INFEASIBLE_SECONDS:
         console.print(
             f"[yellow]warning:[/yellow] this plan is not feasible on this machine ({device}): "

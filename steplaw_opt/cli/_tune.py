@@ -329,7 +329,8 @@ def tune_command(
     if objective.name == "builtin":
         from steplaw_opt.trainer import default_device
 
-        render.print_wall_time(console, plan, target, objective.device or default_device())
+        device = objective.device or default_device()
+        render.print_wall_time(console, plan, target, device, final_runs=2 if demo else 0)
     timing = _time.time_plan(
         plan.schedule(),
         target,
