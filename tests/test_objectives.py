@@ -103,6 +103,31 @@ def test_tokens_unit():
     assert obj.render(1e-3, 65536, SCALE, 0, "m") == "echo 65536 65536"
 
 
+@pytest.mark.parametrize(
+    ("lr", "shown"),
+    [
+        (1.0, "1.0"),
+        (1, "1.0"),
+        (2.0, "2.0"),
+        (100000.0, "100000.0"),
+        (0.003, "0.003"),
+        (0.0031234567, "0.00312346"),
+        (1e-05, "1e-05"),
+        (3.2e-7, "3.2e-07"),
+    ],
+)
+def test_lr_is_always_a_float_literal(lr, shown):
+    # a script that type-checks its overrides (nanoGPT's configurator: literal_eval, then the
+    # default's type) must get a float: "1" would be an int and stop the run
+    from ast import literal_eval
+
+    command = CommandObjective("train --lr={lr}").render(lr, 64, SCALE, 0, "m")
+    written = command.split("=", 1)[1]
+    assert written == shown
+    assert type(literal_eval(written)) is float
+    assert math.isclose(literal_eval(written), lr, rel_tol=1e-5)
+
+
 def test_callable_objective_checks_its_signature():
     obj = CallableObjective(lambda lr, batch_size, scale: lr * batch_size)
     assert obj.run(0.5, 4, SCALE, RunContext()) == 2.0

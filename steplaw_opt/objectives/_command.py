@@ -10,7 +10,8 @@ A placeholder is a bare name: no format spec, conversion, attribute or index (``
 value is quoted for the shell, so a temporary folder with a space, a quote or a ``;`` in its name
 reaches the job as one word and runs nothing; a placeholder may stand bare or inside your own
 single or double quotes (``--out '{metrics_file}'``), the value is quoted for where it stands.
-Numbers need no quotes and get none (``--lr 0.003``).
+Numbers need no quotes and get none (``--lr 0.003``); ``{lr}`` is always a Python float literal
+(``1.0``, never ``1``: a script that type-checks its overrides, as nanoGPT's does, gets a float).
 
 By default the job reports its loss as the last JSON line on stdout (``{"loss": 3.21}``) or as
 JSON in ``{metrics_file}``; lines like ``{"step": 100, "loss": 3.9}`` are intermediate losses,
@@ -141,7 +142,8 @@ def _parse_template(template: str) -> list[tuple[str, str | None]]:
             raise SteplawInputError(
                 f"command template placeholder {_shown(written)} takes no format spec, "
                 f"conversion, attribute or index: write {{{name}}} (values come formatted, "
-                "lr with 6 significant digits, sizes as whole numbers, and quoted for the shell)"
+                "lr as a float literal of 6 significant digits, sizes as whole numbers, and "
+                "quoted for the shell)"
             )
         out.append((literal, name))
     return out
@@ -336,7 +338,7 @@ class CommandObjective(Objective):
         steps = steps_for(float(scale.D or 0), batch_tokens)
         warmup, decay = self.schedule_steps(steps)
         values = {
-            "lr": f"{lr:.6g}",
+            "lr": float_literal(lr),
             "batch_size": _number(batch_size),
             "batch_tokens": _number(batch_tokens),
             "tokens": _number(float(scale.D or 0)),
@@ -629,6 +631,13 @@ def _fraction(what: str, value: Any) -> float:
     ):
         raise SteplawInputError(f"the {what} must be a number in [0, 1], got {_shown(repr(value))}")
     return float(value)
+
+
+def float_literal(x: float) -> str:
+    """``x`` to 6 significant digits, written as a Python float literal: ``1.0``, not ``1``
+    (``0.00312``, ``1e-05``, ``100000.0``). A script that type-checks its overrides, as
+    nanoGPT's configurator does with ``literal_eval``, refuses an int where a float is due."""
+    return repr(float(f"{x:.6g}"))
 
 
 def _number(x: float) -> str:
