@@ -83,9 +83,12 @@ def test_one_run_reads_the_last_val_loss_and_the_iter_losses():
     assert 1.4 < loss < reports[0][1]  # trained: below the first iteration's loss
 
 
-def test_a_run_that_blows_up_is_diverged():
+@pytest.mark.parametrize("lr", [0.2, 1.0])
+def test_a_run_that_blows_up_is_diverged(lr):
+    # lr 1.0 reaches nanoGPT's configurator as "1.0", a float: "1" would be an int, refused
+    # (AssertionError: learning_rate: 1 is not a float) before any training
     with pytest.raises(TrialFailed, match=r"^diverged$"):
-        _objective().run(0.2, 16, Scale(N=786e3, D=96e3, seq_len=64), RunContext())
+        _objective().run(lr, 16, Scale(N=786e3, D=96e3, seq_len=64), RunContext())
 
 
 def test_an_eval_interval_that_misses_the_end_is_refused_not_read_as_step_0():
@@ -193,3 +196,26 @@ def test_a_wsd_cooldown_shorter_than_the_warmup_is_left_as_asked():
     assert obj.schedule_steps(100) == (10, 5)
     only_decay = CommandObjective("train --decay {decay_steps}", decay_fraction=0.0)
     assert only_decay.schedule_steps(100) == (10, 0)  # one placeholder: nothing to keep apart
+
+
+def test_a_ten_run_study_of_the_recipe_stays_inside_its_bounds(tmp_path):
+    # The recipe as shipped, 10 runs (its plan: 6 + 3 + 1 proxy runs). With the default lr
+    # bounds (capped at 1) the study was drawn to the cap: 5 runs diverged or were refused and
+    # lr 1 was recommended, "widen the bound". With the recipe's bounds none fails and the
+    # recommendation lies inside them.
+    storage = f"sqlite:///{tmp_path / 'nanogpt.db'}"
+    study = ["--study-name", "nanogpt", "--storage", storage]
+    args = recipe.tune_args(FAKE_TEMPLATE, study)
+    lr_lo = float(args[args.index("--lr-min") + 1])
+    lr_hi = float(args[args.index("--lr-max") + 1])
+    done = run_cli(
+        "tune", *args, "--no-mlflow", "--json", "--seed", "0", "--n-trials", "10", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert (result["n_complete"], result["n_failed"]) == (10, 0)
+    opt = result["refined_optimum"]
+    assert not opt["notes"], opt["notes"]  # no "sits on its search bound"
+    margin = 1.05  # strictly inside, not clipped onto a bound
+    assert lr_lo * margin < opt["lr"] < lr_hi / margin
+    assert lr_lo < opt["lr_interval_95"][0] < opt["lr_interval_95"][1] < lr_hi

@@ -44,6 +44,12 @@ PROGRESS_PATTERN = r"iter (?P<step>\d+): loss (?P<loss>[^\s,]+)"
 # The target: that model (12 · n_layer · n_embd² = 0.79M non-embedding parameters) trained
 # for 2,000 iterations of 12 sequences of 64 tokens, as nanoGPT's CPU example does.
 TARGET = ["--params", "786k", "--tokens", "1536000", "--seq-len", "64"]
+# The learning rate's search bounds: a decade either side of 3e-3, around the law's points
+# (0.0038 for the first proxy runs, 0.0089 for the target) and nanoGPT's own 1e-3. The default
+# bounds reach e^6 past the law on either side, capped at lr 1: runs there only diverge, and a
+# failed run is no loss for the model, so a study whose first runs all lie below the optimum
+# can be drawn to the cap (README.md, "The search bounds").
+LR_BOUNDS = ["--lr-min", "3e-4", "--lr-max", "3e-2"]
 STUDY = [
     "--study-name",
     "nanogpt-shakespeare-char-cpu",
@@ -56,6 +62,7 @@ def tune_args(template: str = TEMPLATE, study: list[str] = STUDY) -> list[str]:
     """The ``steplaw-opt tune`` arguments of the recipe (``study``: where it is stored)."""
     return [
         *TARGET,
+        *LR_BOUNDS,
         *study,
         "--command",
         template,
