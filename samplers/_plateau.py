@@ -635,7 +635,10 @@ class PlateauSampler(BaseSampler):
                 # would only chase that offset's variance. It goes where the pooled model puts
                 # the optimum, as the law's point opens a study (unless another worker runs it).
                 w = region.clip_to_box(bottom_in_region(posterior, region))
-                if not self._too_close(w[None], taken, coarse=False)[0]:
+                # ... unless that is behind a wall (a failure above the best run's lr): there
+                # the proposals below choose among the candidates the walls leave.
+                blocked = self._too_close(w[None], taken, coarse=False)[0]
+                if not blocked and not self._walled(w[None], hist)[0]:
                     return w, "optimum", belief
         candidates = self._candidates(region, rng, taken, hist, snap)
         if len(candidates) == 0:  # everything near is taken: widen to the whole box

@@ -232,6 +232,33 @@ def test_first_run_at_a_new_scale_goes_to_the_pooled_optimum():
     assert second["kind"] != "optimum"
 
 
+def test_the_first_run_at_a_new_scale_does_not_go_behind_a_wall():
+    # Proxy runs whose loss keeps falling towards high lr, then fail there (a divergence edge):
+    # the pooled bowl's bottom lies beyond the failures, and the target's opening run went
+    # there, into the wall, before being clipped to the bound (the nanoGPT recipe's lr 1.0).
+    proxy_d = TARGET.D / 16
+    edge = math.log(LAW.lr_at(TARGET.with_tokens(proxy_d))) + 1.0
+
+    def cliff(trial: optuna.Trial) -> float:
+        if trial.number < 8:
+            trial.set_user_attr("steplaw.D", proxy_d)
+        lr = trial.suggest_float("lr", 1e-5, 1.0, log=True)
+        batch = trial.suggest_float("batch_size", 4, 8192, log=True)
+        if trial.number < 8 and math.log(lr) > edge:
+            raise RuntimeError("diverged")
+        return 2.5 * math.exp(-0.01 * math.log(lr / 1e-5) + 0.006 * math.log(batch / 64) ** 2)
+
+    sampler = PlateauSampler(TARGET, seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(cliff, n_trials=8, catch=(RuntimeError,))
+    hist = sampler.history(study)
+    assert len(hist.failed), "the fixture must fail above its edge"
+    study.optimize(cliff, n_trials=1, catch=(RuntimeError,))
+    opening = study.trials[-1].system_attrs[ATTR_PROPOSAL]
+    w = np.array([[opening["u"], opening["v"]]])
+    assert not sampler._walled(w, sampler.history(study, exclude=study.trials[-1].number))[0]
+
+
 def test_a_point_run_at_another_scale_is_not_a_repeat():
     def proxied(trial: optuna.Trial) -> float:
         if trial.number == 0:
