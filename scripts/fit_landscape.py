@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from steplaw_opt import Scale, load_law
 from steplaw_opt.bench import load_grids
-from steplaw_opt.landscape import asymmetry
+from steplaw_opt.landscape import BowlPrior, asymmetry
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -95,7 +95,7 @@ LAW_ERROR_WIDTHS, LAW_ERROR_WEIGHTS = (1.0, 2.0, 4.0), (0.5, 0.3, 0.2)
 
 def window_check(grids, law, h_mean, h_sd, noise_sd) -> tuple[float, float]:
     """The (tau, cut) of WINDOWS whose whole-grid bowl fits put the bottom on the best cells."""
-    from steplaw_opt.landscape import BowlPrior, fit_bowl
+    from steplaw_opt.landscape import fit_bowl
 
     scores = []
     for tau, cut in WINDOWS:
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         },
     }
     out["bowl"]["measured_noise_sd"] = round(noise, 6)
-    bowl = _bowl_prior(out["bowl"])
+    bowl = BowlPrior.from_table(out["bowl"])
     out["bowl"]["misfit_sd"] = [round(x, 4) for x in bowl_misfit(grids, law, bowl)]
     OUT.write_text(tomli_w.dumps(out), encoding="utf-8")
     print(
@@ -225,25 +225,6 @@ def main(argv: list[str] | None = None) -> None:
     card["residual"] = residual
     CARD.write_text(tomli_w.dumps(card, multiline_strings=True), encoding="utf-8")
     print(f"updated {CARD}: residual lr_sd {lr_sd:.4f} batch_sd {batch_sd:.4f}")
-
-
-def _bowl_prior(table: dict):
-    from steplaw_opt.landscape import BowlPrior
-
-    return BowlPrior(
-        h_mean=np.array(table["h_mean"]),
-        h_sd=np.array(table["h_sd"]),
-        noise_sd=table["noise_sd"],
-        tau=table["tau"],
-        cut=table["cut"],
-        min_eig=table["min_eig"],
-        wide_tau=table["wide_tau"],
-        wide_cut=table["wide_cut"],
-        law_widths=tuple(table["law_error_widths"]),
-        law_weights=tuple(table["law_error_weights"]),
-        k_mean=table["k_mean"],
-        k_sd=table["k_sd"],
-    )
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ import sys
 from dataclasses import dataclass
 from functools import cache, cached_property
 from importlib import resources
+from typing import Any
 
 import numpy as np
 
@@ -113,51 +114,51 @@ class BowlPrior:
     def default(cls) -> BowlPrior:
         return _default_bowl_prior()
 
+    @classmethod
+    def from_table(cls, data: dict[str, Any]) -> BowlPrior:
+        """The prior from a ``[bowl]`` table as priors/data/landscape.toml stores it."""
+        return cls(
+            h_mean=np.array(data["h_mean"], dtype=float),
+            h_sd=np.array(data["h_sd"], dtype=float),
+            noise_sd=float(data["noise_sd"]),
+            tau=float(data["tau"]),
+            cut=float(data["cut"]),
+            min_eig=float(data["min_eig"]),
+            wide_tau=float(data.get("wide_tau", 0.01)),
+            wide_cut=float(data.get("wide_cut", 0.05)),
+            law_widths=tuple(float(x) for x in data.get("law_error_widths", [1.0])),
+            law_weights=tuple(float(x) for x in data.get("law_error_weights", [1.0])),
+            k_mean=float(data.get("k_mean", 0.0)),
+            k_sd=float(data.get("k_sd", 0.0)),
+            measured_noise_sd=(
+                float(data["measured_noise_sd"]) if "measured_noise_sd" in data else None
+            ),
+            misfit_sd=tuple(float(x) for x in data.get("misfit_sd", (0.0, 0.0))),  # type: ignore[arg-type]
+        )
+
     def scaled(self, kappa: float) -> BowlPrior:
         """The same shape, ``kappa`` times steeper: curvature, the gap scale of the weights and
         the cut all scale with it; the noise does not."""
         if kappa == 1.0:
             return self
-        return BowlPrior(
+        return dataclasses.replace(
+            self,
             h_mean=self.h_mean * kappa,
             h_sd=self.h_sd * kappa,
-            noise_sd=self.noise_sd,
             tau=self.tau * kappa,
             cut=self.cut * kappa,
             min_eig=self.min_eig * kappa,
             wide_tau=self.wide_tau * kappa,
             wide_cut=self.wide_cut * kappa,
-            law_widths=self.law_widths,
-            law_weights=self.law_weights,
             k_mean=self.k_mean * kappa,
             k_sd=self.k_sd * kappa,
-            measured_noise_sd=self.measured_noise_sd,
-            misfit_sd=self.misfit_sd,
         )
 
 
 @cache
 def _default_bowl_prior() -> BowlPrior:
     text = resources.files("steplaw_opt.priors").joinpath("data", "landscape.toml").read_text()
-    data = tomllib.loads(text)["bowl"]
-    return BowlPrior(
-        h_mean=np.array(data["h_mean"], dtype=float),
-        h_sd=np.array(data["h_sd"], dtype=float),
-        noise_sd=float(data["noise_sd"]),
-        tau=float(data["tau"]),
-        cut=float(data["cut"]),
-        min_eig=float(data["min_eig"]),
-        wide_tau=float(data.get("wide_tau", 0.01)),
-        wide_cut=float(data.get("wide_cut", 0.05)),
-        law_widths=tuple(float(x) for x in data.get("law_error_widths", [1.0])),
-        law_weights=tuple(float(x) for x in data.get("law_error_weights", [1.0])),
-        k_mean=float(data.get("k_mean", 0.0)),
-        k_sd=float(data.get("k_sd", 0.0)),
-        measured_noise_sd=(
-            float(data["measured_noise_sd"]) if "measured_noise_sd" in data else None
-        ),
-        misfit_sd=tuple(float(x) for x in data.get("misfit_sd", (0.0, 0.0))),  # type: ignore[arg-type]
-    )
+    return BowlPrior.from_table(tomllib.loads(text)["bowl"])
 
 
 def estimate_curvature_scale(
