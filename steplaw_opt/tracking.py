@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import math
 import tempfile
 import time
@@ -68,6 +69,8 @@ TAG_NOTE = "mlflow.note.content"
 # The parent run's outcome: "refined" (a refined optimum from finished trials) or NO_RESULT
 # (no trial finished: the law's point is not a result, and no refined.* value is logged).
 TAG_OUTCOME = "steplaw.outcome"
+# The refined optimum's notes, a JSON list (dropped with the other refined.* tags).
+TAG_REFINED_NOTES = "refined.notes"
 NO_RESULT = "no trial finished"
 # While the tracker talks to MLflow (and the user has not said otherwise): a dead server costs
 # about a second per trial instead of MLflow's default of minutes of retries.
@@ -822,6 +825,10 @@ class MlflowTracker:
             if refined is not None:
                 values.update(refined_metrics(refined))
                 tags = {k: f"{v:.6g}" for k, v in refined_metrics(refined).items()}
+                # The optimum's notes (on a search bound, a rounding outside its interval), so
+                # that `report --run-id` says what tune said; MLflow caps a tag at 8,000 chars.
+                notes = [str(n)[:1000] for n in getattr(refined, "notes", ())][:6]
+                tags[TAG_REFINED_NOTES] = json.dumps(notes)
                 tags[TAG_NOTE] = _note(study.study_name, refined, step)
                 tags[TAG_OUTCOME] = "refined"
         metrics = [Metric(k, float(v), now, step) for k, v in values.items()]

@@ -78,6 +78,7 @@ def test_report_from_the_mlflow_run(tuned, tmp_path):
     opt = doc["refined_optimum"]
     assert opt["lr"] == pytest.approx(result.refined.lr)
     assert opt["lr_interval_95"] == pytest.approx(list(result.refined.lr_interval_95))
+    assert opt["notes"] == list(result.refined.notes)  # tune's notes, from the run's tag
     assert len(doc["trials"]) == result.n_complete
     assert doc["mlflow"]["status"] == "FINISHED"
     assert (out / "landscape.png").stat().st_size > 0

@@ -86,6 +86,15 @@ def test_report_prints_the_optimum_with_tunes_numbers() -> None:
     assert "plateau (≤ 0.25%)" in report and "plateau (≤ 0.25%)" in tune
 
 
+def test_the_batch_rows_show_the_rounded_batch_a_user_trains_with() -> None:
+    """3.2 sequences round to 3: the tokens row says 384 (3 × 128), not 410, in both tables."""
+    opt = _optimum(batch_sequences_rounded=3.0)
+    for text in (_report(_doc(opt)), _tune(opt)):
+        tokens, sequences = _cells(text, "batch (tokens)"), _cells(text, "batch (sequences of 128)")
+        assert "384" in tokens and "410" not in tokens
+        assert "3" in sequences
+
+
 def test_report_prints_the_refined_optimums_notes_as_tune_does() -> None:
     note = (
         "the rounded batch 400 lies outside the batch's 95 % interval (419–586 sequences): the "

@@ -307,21 +307,21 @@ def print_result(console: Console, result: Any) -> None:
         f"{opt.lr_interval_95[0]:.3g} – {opt.lr_interval_95[1]:.3g}",
         f"{opt.plateau_lr[0]:.3g} – {opt.plateau_lr[1]:.3g}",
     )
+    # The batch a user trains with is a whole number of sequences: both batch rows show that
+    # one (the intervals and the plateau stay continuous).
+    rounded = opt.batch_sequences_rounded
     table.add_row(
         "batch (tokens)",
         format_size(result.law_batch_tokens),
-        f"[bold]{format_size(opt.batch_tokens)}[/bold]",
+        f"[bold]{format_size(rounded * seq)}[/bold]",
         f"{format_size(opt.batch_tokens_interval_95[0])} – "
         f"{format_size(opt.batch_tokens_interval_95[1])}",
         f"{format_size(opt.plateau_batch_tokens[0])} – {format_size(opt.plateau_batch_tokens[1])}",
     )
-    rounded = opt.batch_sequences_rounded
     table.add_row(
         f"batch (sequences of {seq})",
         f"{result.law_batch_tokens / seq:,.0f}",
-        f"[bold]{rounded:,.0f}[/bold]"
-        if rounded != opt.batch_sequences
-        else f"[bold]{opt.batch_sequences:,.0f}[/bold]",
+        f"[bold]{rounded:,.0f}[/bold]",
         f"{_seq(opt.batch_tokens_interval_95[0] / seq)} – "
         f"{_seq(opt.batch_tokens_interval_95[1] / seq)}",
         f"{_seq(opt.plateau_batch_tokens[0] / seq)} – {_seq(opt.plateau_batch_tokens[1] / seq)}",

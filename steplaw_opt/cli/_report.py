@@ -123,7 +123,7 @@ def _from_mlflow(
     import os
 
     from steplaw_opt.priors._fit import check_mlflow_store, mlflow_error, mlflow_read_limits
-    from steplaw_opt.tracking import MlflowTracker, mask_url
+    from steplaw_opt.tracking import TAG_REFINED_NOTES, MlflowTracker, mask_url
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     tracker = MlflowTracker(tracking_uri).open()
@@ -148,7 +148,10 @@ def _from_mlflow(
             "storage": tags.get("optuna.storage"),
             "target": {k: _num(data.params.get(f"target.{k}")) for k in ("N", "D", "seq_len")},
             "law": data.params.get("law"),
-            "refined_optimum": _refined_from_metrics(data.metrics),
+            "refined_optimum": {
+                **_refined_from_metrics(data.metrics),
+                "notes": _notes_from_tag(tags.get(TAG_REFINED_NOTES)),
+            },
             "trials": _read_trials(client, run_id),
             "plots": [],
             "mlflow": {"run_id": run_id, "tracking_uri": label, "status": run.info.status},
@@ -225,6 +228,15 @@ def _num(value: str | None) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+def _notes_from_tag(value: str | None) -> list[str]:
+    """The refined optimum's notes as tune logged them (a JSON list of strings)."""
+    try:
+        notes = json.loads(value) if value else []
+    except ValueError:
+        return []
+    return [str(n) for n in notes] if isinstance(notes, list) else []
 
 
 def _refined_from_metrics(metrics: dict[str, float]) -> dict[str, Any]:
@@ -312,10 +324,13 @@ def _optimum_rows(opt: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     seq = opt.get("seq_len") or 1
     b95 = opt.get("batch_tokens_interval_95")
     plateau_b = opt.get("plateau_batch_tokens")
+    rounded = opt.get("batch_sequences_rounded")
+    # As in tune's table: the batch a user trains with, a whole number of sequences.
+    tokens = rounded * seq if rounded is not None else opt.get("batch_tokens")
     return [
         ("learning rate", _fmt(opt.get("lr"), "3g"), rng(opt.get("lr_interval_95"), "3g"),
          rng(opt.get("plateau_lr"), "3g")),
-        ("batch (tokens)", _fmt(opt.get("batch_tokens"), "size"), rng(b95, "size"),
+        ("batch (tokens)", _fmt(tokens, "size"), rng(b95, "size"),
          rng(plateau_b, "size")),
         (f"batch (sequences of {int(seq)})", _fmt(opt.get("batch_sequences_rounded"), "count"),
          rng([x / seq for x in b95] if b95 else None, "seq"),
