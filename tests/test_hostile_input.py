@@ -367,6 +367,7 @@ def test_report_from_mlflow_writes_only_inside_its_folder(tmp_path, hostile_run)
         assert Path(work, path).resolve().is_relative_to(work.resolve()), path
 
 
+@pytest.mark.slow  # end to end: the CLI in subprocesses
 def test_report_from_a_study_keeps_its_folder_inside(tmp_path):
     from steplaw_opt.tune import tune
 
@@ -409,6 +410,7 @@ def _rewrite_stored_command(db: Path, command: str) -> None:
     con.close()
 
 
+@pytest.mark.slow  # end to end: the CLI in subprocesses
 def test_a_worker_with_its_own_command_refuses_a_changed_study(tmp_path):
     honest = "echo '{{\"loss\": 1.0}}'"
     storage = _made_study(tmp_path, honest)
@@ -420,6 +422,7 @@ def test_a_worker_with_its_own_command_refuses_a_changed_study(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.slow  # end to end: the CLI in subprocesses
 def test_a_worker_with_the_same_command_runs(tmp_path):
     honest = "echo '{{\"loss\": 1.0}}'"
     storage = _made_study(tmp_path, honest)

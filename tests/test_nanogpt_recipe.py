@@ -109,6 +109,7 @@ def test_the_fake_refuses_what_nanogpt_refuses():
         )
 
 
+@pytest.mark.slow  # end to end: the CLI in subprocesses
 def test_tune_and_a_worker_run_the_recipe_end_to_end(tmp_path):
     import optuna
 
@@ -198,6 +199,7 @@ def test_a_wsd_cooldown_shorter_than_the_warmup_is_left_as_asked():
     assert only_decay.schedule_steps(100) == (10, 0)  # one placeholder: nothing to keep apart
 
 
+@pytest.mark.slow  # end to end: the CLI in subprocesses
 def test_a_ten_run_study_of_the_recipe_stays_inside_its_bounds(tmp_path):
     # The recipe as shipped, 10 runs (its plan: 6 + 3 + 1 proxy runs). With the default lr
     # bounds (capped at 1) the study was drawn to the cap: 5 runs diverged or were refused and
