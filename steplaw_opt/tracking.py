@@ -823,11 +823,12 @@ class MlflowTracker:
             if refined is None:
                 refined = self._refined()
             if refined is not None:
-                values.update(refined_metrics(refined))
-                tags = {k: f"{v:.6g}" for k, v in refined_metrics(refined).items()}
+                flat = refined_metrics(refined)
+                values.update(flat)
+                tags = {k: f"{v:.6g}" for k, v in flat.items()}
                 # The optimum's notes (on a search bound, a rounding outside its interval), so
                 # that `report --run-id` says what tune said; MLflow caps a tag at 8,000 chars.
-                notes = [str(n)[:1000] for n in getattr(refined, "notes", ())][:6]
+                notes = [str(n)[:1000] for n in refined.notes][:6]
                 tags[TAG_REFINED_NOTES] = json.dumps(notes)
                 tags[TAG_NOTE] = _note(study.study_name, refined, step)
                 tags[TAG_OUTCOME] = "refined"

@@ -491,7 +491,7 @@ def test_leave_one_n_out_script(steplaw_data: Path) -> None:
     assert np.mean(published) == pytest.approx(0.00096, abs=0.0001)  # the README's 0.096 %
 
 
-@pytest.mark.slow  # end to end: the CLI in subprocesses
+@pytest.mark.slow  # end to end: two tracked tune studies in a real MLflow store
 def test_fit_reads_an_mlflow_experiment_written_by_tune(tmp_path):
     """Two tracked tune studies (two N, three D each) in one MLflow experiment: fitting the
     experiment gives the same runs, and the same law, as fitting the two Optuna studies."""

@@ -75,7 +75,7 @@ def test_the_module_re_exports_steplaw_opts_own_classes(module: ModuleType) -> N
         _ = module.NoSuchSampler
 
 
-@pytest.mark.slow  # end to end: the CLI in subprocesses
+@pytest.mark.slow  # end to end: a fresh interpreter in a subprocess
 def test_loading_does_not_import_torch_and_botorch_is_the_real_class() -> None:
     code = (
         "import sys, optunahub, steplaw_opt.samplers\n"

@@ -332,7 +332,7 @@ def _optimum_rows(opt: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          rng(opt.get("plateau_lr"), "3g")),
         ("batch (tokens)", _fmt(tokens, "size"), rng(b95, "size"),
          rng(plateau_b, "size")),
-        (f"batch (sequences of {int(seq)})", _fmt(opt.get("batch_sequences_rounded"), "count"),
+        (f"batch (sequences of {int(seq)})", _fmt(rounded, "count"),
          rng([x / seq for x in b95] if b95 else None, "seq"),
          rng([x / seq for x in plateau_b] if plateau_b else None, "seq")),
     ]  # fmt: skip
