@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from steplaw_opt._records import ATTR_OWNER
 from steplaw_opt.scale import Scale
 from steplaw_opt.tune import ATTR_SLOT
 from steplaw_opt.tune._study import make_storage
@@ -182,6 +183,21 @@ FAKE_TRAIN = textwrap.dedent(
 )
 
 
+def _has_child(pid: int, needle: str) -> bool:
+    """Whether process ``pid`` has a child whose command line contains ``needle``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == pid and needle in cmdline:
+            return True
+    return False
+
+
 @pytest.mark.slow
 def test_sigkilled_worker_trial_is_retried_and_no_mlflow_run_stays_running(
     postgres_url: str, tmp_path: Path
@@ -210,15 +226,30 @@ def test_sigkilled_worker_trial_is_retried_and_no_mlflow_run_stays_running(
         )
         for _ in range(2)
     ]
+
+    # Kill worker 0 inside a trial of its own, with its training job running (so the trial's
+    # MLflow run exists), while worker 1 is busy too. Seeing two trials RUNNING is not enough:
+    # under load worker 0's trial may be about to end, and a kill between its trials leaves
+    # nothing to retry. So wait for a trial worker 0 starts after the first look (its owner
+    # record names its pid) and for that trial's job, which then has most of its 1.5 s to run.
+    def running_by_owner() -> dict[int, set[int]]:
+        by_pid: dict[int, set[int]] = {}
+        for t in _load(postgres_url, name).get_trials():
+            owner = t.user_attrs.get(ATTR_OWNER)
+            if t.state.name == "RUNNING" and t.params and isinstance(owner, dict):
+                by_pid.setdefault(owner.get("pid"), set()).add(t.number)
+        return by_pid
+
+    seen_first = running_by_owner().get(procs[0].pid, set())
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # both busy: worker 0 is mid-trial
-        running = [t for t in _load(postgres_url, name).get_trials() if t.state.name == "RUNNING"]
-        if len([t for t in running if t.params]) == 2:
+    while time.monotonic() < deadline:
+        by_pid = running_by_owner()
+        fresh = by_pid.get(procs[0].pid, set()) - seen_first
+        if fresh and by_pid.get(procs[1].pid) and _has_child(procs[0].pid, script.name):
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
     else:
-        pytest.fail("the workers never ran two trials at once")
-    time.sleep(0.3)
+        pytest.fail("worker 0 never started a training job while worker 1 ran one")
     procs[0].send_signal(signal.SIGKILL)
     procs[0].wait(10)
     _out, err = procs[1].communicate(timeout=90)
@@ -229,7 +260,8 @@ def test_sigkilled_worker_trial_is_retried_and_no_mlflow_run_stays_running(
     dead = [t for t in trials if t.state.name == "FAIL" and "steplaw.failure" not in t.user_attrs]
     assert len(dead) == 1
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead[0].number]
-    assert len(retry) == 1 and retry[0].state.name == "COMPLETE"
+    summary = [(t.number, t.state.name, t.system_attrs, t.user_attrs) for t in trials]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE", summary
     assert retry[0].params == dead[0].params
     for key in (ATTR_SLOT, "steplaw.N", "steplaw.D"):
         assert retry[0].user_attrs[key] == dead[0].user_attrs[key]
