@@ -23,6 +23,19 @@ def test_help_fits_80_columns(command: str) -> None:
     assert long == []
 
 
+def test_the_top_level_help_lists_every_command_with_a_whole_summary() -> None:
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "80", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    listed = lines[lines.index("Commands:") + 1 :]
+    assert sorted(line.split()[0] for line in listed if line.strip()) == sorted(COMMANDS)
+    assert not [line for line in listed if line.rstrip().endswith("...") or len(line) > 80]
+
+
+def test_the_loss_pattern_example_is_on_one_line_to_copy() -> None:
+    assert any("'loss=(?P<loss>[0-9.e+-]+)'" in line for line in _help("tune").splitlines())
+
+
 def test_a_default_in_brackets_is_printed_not_taken_for_markup() -> None:
     text = " ".join(_help("tune").split())
     assert "[sqlite:///steplaw-opt.db]" in text

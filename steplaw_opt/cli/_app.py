@@ -36,12 +36,16 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(laws_app, name="laws")
-app.command("predict")(predict)
-app.command("bench")(bench)
-app.command("tune")(tune_command)
-app.command("worker")(worker_command)
-app.command("fit")(fit)
-app.command("report")(report_command)
+# Short summaries for `steplaw-opt --help`: click cuts a docstring's first sentence at the
+# terminal's width, mid-word; these fit 80 columns whole.
+app.command("predict", short_help="Predict the optimal lr and batch size at a scale.")(predict)
+app.command("bench", short_help="Score the methods on the released grids.")(bench)
+app.command("tune", short_help="Refine the law's lr and batch with short proxy runs.")(tune_command)
+app.command("worker", short_help="Run a shared study's planned trials, then exit.")(worker_command)
+app.command("fit", short_help="Fit a law to your own runs.")(fit)
+app.command("report", short_help="Print a study's refined optimum; write its plots.")(
+    report_command
+)
 
 
 # --------------------------------------------------------------------------------- entry point

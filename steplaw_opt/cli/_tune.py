@@ -56,7 +56,8 @@ def tune_command(
             "--loss-pattern",
             help="Regular expression with a named group loss (and step) searched in the "
             "command's stdout and stderr lines; the last match is the final loss. Example: "
-            "'iter (?P<step>\\d+): loss (?P<loss>[^\\s,]+)'.",
+            "'loss=(?P<loss>[0-9.e+-]+)'; recipes for nanoGPT, Hugging Face and Lightning "
+            "logs: docs/commands.md.",
         ),
     ] = None,
     progress_pattern: Annotated[
