@@ -242,11 +242,12 @@ class Prediction:
 
 
 def round_batch_sequences(sequences: float, rounding: BatchRounding) -> float:
-    """Round a batch size in sequences: ``"none"``, ``"pow2"`` (nearest power of two in log
+    """Round a batch size in sequences to one a run can use: ``"none"`` (the nearest whole
+    number of sequences, at least 1: no hardware rule), ``"pow2"`` (nearest power of two in log
     space) or an integer ``k`` (nearest positive multiple of ``k``)."""
     k = check_rounding(rounding)
     if k == "none":
-        return sequences
+        return float(max(1, round(sequences)))
     if k == "pow2":
         return float(2 ** max(0, round(math.log2(sequences))))
     return float(max(k, k * round(sequences / k)))

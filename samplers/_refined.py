@@ -48,6 +48,9 @@ class RefinedOptimum:
     # What to check before training with it: a recommendation on a search bound, a rounded
     # batch outside its own interval (one line each; empty when there is nothing to say).
     notes: tuple[str, ...] = ()
+    # The relative loss the rounding of the batch costs by the fitted bowl at the target,
+    # expm1(H_vv · ln(rounded / batch)²); 0 when the batch is already whole.
+    rounding_cost: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,15 +184,21 @@ def refined_optimum(
     seq_len = int(sampler.space.seq_len or target.seq_len)
     lr_95 = interval(ln_lr, 0, MASS95)
     batch_95 = interval(ln_b, 1, MASS95, tokens_per)
-    rounded = round_batch_sequences(batch_tokens / seq_len, round_batch)
-    notes = _bound_notes(w, box, lr, batch_tokens / seq_len)
-    if rounded != batch_tokens / seq_len and not (
-        batch_95[0] / seq_len <= rounded <= batch_95[1] / seq_len
-    ):
+    sequences = batch_tokens / seq_len
+    rounded = round_batch_sequences(sequences, round_batch)
+    cost = math.expm1(float(hessian[1, 1]) * math.log(rounded / sequences) ** 2)
+    notes = _bound_notes(w, box, lr, sequences)
+    if rounded != sequences and not (batch_95[0] / seq_len <= rounded <= batch_95[1] / seq_len):
         notes.append(
             f"the rounded batch {rounded:g} lies outside the batch's 95 % interval "
             f"({batch_95[0] / seq_len:.3g}–{batch_95[1] / seq_len:.3g} sequences): the rounding "
-            "costs more than the uncertainty; consider another rounding"
+            f"costs more than the uncertainty, about {cost:.2%} in loss by the fitted bowl; "
+            "consider another rounding"
+        )
+    elif cost >= ROUNDING_NOTE:
+        notes.append(
+            f"rounding the batch to {rounded:g} sequences (from {sequences:.3g}) costs about "
+            f"{cost:.2%} in loss by the fitted bowl"
         )
     return RefinedOptimum(
         lr=lr,
@@ -215,8 +224,12 @@ def refined_optimum(
         law_batch_tokens=math.exp(ln_b0) * tokens_per,
         best_observed=best,
         notes=tuple(notes),
+        rounding_cost=cost,
     )
 
+
+# A rounding that costs at least this much loss (relative) is worth a note.
+ROUNDING_NOTE = 0.0001
 
 # Within this many ln units of a search bound, the recommendation is "on" it.
 ON_BOUND = 0.05

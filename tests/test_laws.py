@@ -188,6 +188,9 @@ def test_unreadable_and_unknown_cards(tmp_path):
     ("seqs", "rounding", "expected"),
     [
         (2441.0, "none", 2441.0),
+        (1.59, "none", 2.0),  # a batch is a whole number of sequences: 1.59 is not one
+        (617.4127, "none", 617.0),
+        (0.3, "none", 1.0),
         (2441.0, "pow2", 2048.0),
         (2800.0, "pow2", 2048.0),
         (3000.0, "pow2", 4096.0),

@@ -93,6 +93,29 @@ def test_finds_the_optimum_of_a_bowl_and_refines_it():
     assert opt.n_observations == 15
 
 
+def test_the_rounded_batch_is_whole_and_its_cost_is_the_bowls(monkeypatch):
+    sampler = PlateauSampler(TARGET, seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=15)
+    for rounding in ("none", "pow2", 64):
+        opt = refined_optimum(study, sampler=sampler, round_batch=rounding)
+        assert opt.batch_sequences_rounded == int(opt.batch_sequences_rounded) >= 1
+        # the cost of moving the batch by ln(rounded / batch) along the fitted bowl's v axis
+        dv = math.log(opt.batch_sequences_rounded / opt.batch_sequences)
+        posterior = sampler.fit(sampler.history(study))
+        assert opt.rounding_cost == pytest.approx(math.expm1(posterior.hessian[1, 1] * dv**2))
+    coarse = refined_optimum(study, sampler=sampler, round_batch=4096)
+    assert coarse.rounding_cost > 0.0001
+    assert any(f"about {coarse.rounding_cost:.2%} in loss" in n for n in coarse.notes)
+    # inside its interval, a rounding that costs more than the note's threshold says so
+    import steplaw_opt.samplers._refined as refined_module
+
+    monkeypatch.setattr(refined_module, "ROUNDING_NOTE", 1e-6)
+    near = refined_optimum(study, sampler=sampler, round_batch=100)
+    assert near.batch_sequences_rounded == 300
+    assert any(f"costs about {near.rounding_cost:.2%} in loss" in n for n in near.notes)
+
+
 def test_maximise_study_flips_the_sign():
     sampler = PlateauSampler(TARGET, seed=0)
     study = optuna.create_study(sampler=sampler, direction="maximize")
