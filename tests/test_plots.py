@@ -124,3 +124,76 @@ def test_landscape_is_legible(study):
     boxes = [t.get_window_extent() for t in ax.texts if t.get_text().isdigit()]
     overlaps = sum(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     assert len(boxes) == len(study.trials) and overlaps <= 1
+
+
+def test_landscape_tick_labels_do_not_run_into_each_other(study):
+    plot = landscape_plot(study)
+    fig = plot.figure
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    for axis in (ax.xaxis, ax.yaxis):
+        view = sorted(axis.get_view_interval())
+        labels = [
+            t
+            for minor in (False, True)
+            for t, x in zip(
+                axis.get_ticklabels(minor=minor),
+                axis.get_minorticklocs() if minor else axis.get_majorticklocs(),
+                strict=True,
+            )
+            if t.get_text() and view[0] <= x <= view[1]
+        ]
+        boxes = [t.get_window_extent() for t in labels]
+        assert boxes, "an axis without a single label"
+        assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :] if a.overlaps(b)]
+
+
+def test_the_runs_are_drawn_above_the_refined_optimum(study):
+    fig = landscape_plot(study).figure
+    ax = fig.axes[0]
+    (trials,) = by_gid(fig, "trials")
+    star = [line for line in ax.get_lines() if line.get_marker() == "*"]
+    assert star and trials.get_zorder() > max(line.get_zorder() for line in star)
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(2.5e-3, 8e-3), (1.2e-3, 9e-3), (3e5, 4e6)])
+def test_minor_tick_labels_on_a_narrow_log_axis_are_sparse_and_clear(lo, hi):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from steplaw_opt.plots._study import _sparse_minor_labels
+
+    fig = Figure(figsize=(7.6, 5.8))
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    _sparse_minor_labels(ax)
+    fig.canvas.draw()
+    locs = ax.xaxis.get_minorticklocs()
+    texts = [
+        t
+        for t, x in zip(ax.xaxis.get_ticklabels(minor=True), locs, strict=True)
+        if t.get_text() and lo <= x <= hi
+    ]
+    assert texts and all(t.get_text()[1] in "25" for t in texts)  # "$2\times…", "$5\times…"
+    boxes = [t.get_window_extent() for t in texts]
+    assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :] if a.overlaps(b)]
+
+
+def test_a_log_axis_over_decades_keeps_only_the_decades_labels():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from steplaw_opt.plots._study import _sparse_minor_labels
+
+    fig = Figure(figsize=(7.6, 5.8))
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 0.5)
+    _sparse_minor_labels(ax)
+    fig.canvas.draw()
+    assert not [t.get_text() for t in ax.xaxis.get_ticklabels(minor=True) if t.get_text()]

@@ -175,6 +175,9 @@ def landscape_plot(study: Any, sampler: Any = None, refined: Any = None) -> Plot
     box_lo, box_hi = model.box[0] - 0.25, model.box[1] + 0.25
     lo = np.where(np.isfinite(box_lo), np.maximum(lo, box_lo), lo)
     hi = np.where(np.isfinite(box_hi), np.minimum(hi, box_hi), hi)
+    if len(w_obs):  # every run stays in view, even one mapped beyond the box (a failed proxy)
+        lo = np.minimum(lo, w_obs.min(axis=0) - 0.3)
+        hi = np.maximum(hi, w_obs.max(axis=0) + 0.3)
     gu, gv = np.meshgrid(np.linspace(lo[0], hi[0], 160), np.linspace(lo[1], hi[1], 160))
     grid_gap = model.gap(np.stack([gu.ravel(), gv.ravel()], 1)).reshape(gu.shape)
     # Outside the search bounds the bowl is not a recommendation: leave it blank.
@@ -206,7 +209,10 @@ def landscape_plot(study: Any, sampler: Any = None, refined: Any = None) -> Plot
         linewidths=0.5,
         alpha=0.6,
     )
-    ax.clabel(lines, fmt=lambda g: f"{g:.2%}", fontsize=7)
+    for label in ax.clabel(lines, fmt=lambda g: f"{g:.2%}", fontsize=7):
+        # above the trust region's and the prior's outlines, which may cross it
+        label.set_bbox({"facecolor": "white", "alpha": 0.6, "edgecolor": "none", "pad": 0.4})
+        label.set_zorder(3)
     cbar = fig.colorbar(filled, ax=ax, ticks=GAP_LEVELS)
     cbar.ax.set_yticklabels([f"{g:.2%}" for g in GAP_LEVELS])
     cbar.set_label(
@@ -217,9 +223,13 @@ def landscape_plot(study: Any, sampler: Any = None, refined: Any = None) -> Plot
     # Three outlines, three colours and three dash patterns, so they read apart in print too.
     # The trust region first: where it is still the prior's ellipse, the prior's blue dots
     # show on its dashes.
+    inside = (prior_ell >= lo) & (prior_ell <= hi)
+    prior_label = "law's prior (99 %)"
+    if inside.all(axis=1).mean() < 0.5:  # a law far off: its prior is wider than the box
+        prior_label += ", mostly beyond the view"
     for ell, style, colour, label in (
         (trust_ell, (0, (6, 3)), "black", "trust region"),
-        (prior_ell, (0, (1, 1.5)), "#1f5fbf", "law's prior (99 %)"),
+        (prior_ell, (0, (1, 1.5)), "#1f5fbf", prior_label),
     ):
         ex, ey = to_axes(ell)
         ax.plot(ex, ey, color=colour, ls=style, linewidth=1.5, label=label)
@@ -237,11 +247,11 @@ def landscape_plot(study: Any, sampler: Any = None, refined: Any = None) -> Plot
             s=46,
             edgecolors="black",
             linewidths=0.8,
-            zorder=4,
+            zorder=8,  # above the star: the runs at the bottom sit under it
             gid="trials",
         )
     if bad:
-        ax.scatter(ox[bad], oy[bad], marker="x", color="crimson", s=46, zorder=4, gid="failed")
+        ax.scatter(ox[bad], oy[bad], marker="x", color="crimson", s=46, zorder=8, gid="failed")
     law_x, law_y = to_axes(np.zeros(2))
     ax.scatter(
         law_x, law_y, marker="D", s=60, color="white", edgecolors="black", zorder=6, gid="law"
@@ -264,6 +274,7 @@ def landscape_plot(study: Any, sampler: Any = None, refined: Any = None) -> Plot
     )
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _sparse_minor_labels(ax)
     ax.set_xlabel("peak learning rate (proxy runs at the target's u, v)")
     ax.set_ylabel("batch size (tokens)")
     ax.set_title(
@@ -289,7 +300,18 @@ def landscape_plot(study: Any, sampler: Any = None, refined: Any = None) -> Plot
     # are drawn where they fall inside.
     ax.set_xlim(vx0, vx1)
     ax.set_ylim(vy0, vy1)
-    obstacles = np.array([[law_x[0], law_y[0]], [refined.lr, refined.batch_tokens]])
+    # the law's marker, the star and its two error bars (points along them)
+    along = np.linspace(0.0, 1.0, 9)
+    bar_x = np.exp(np.log(lr_lo) + along * np.log(lr_hi / lr_lo)) if lr_lo > 0 else []
+    bar_y = np.exp(np.log(b_lo) + along * np.log(b_hi / b_lo)) if b_lo > 0 else []
+    obstacles = np.array(
+        [
+            [law_x[0], law_y[0]],
+            [refined.lr, refined.batch_tokens],
+            *([x, refined.batch_tokens] for x in bar_x),
+            *([refined.lr, y] for y in bar_y),
+        ]
+    )
     _label_trials(ax, fig, ox, oy, [str(p["trial"]) for p in points], obstacles)
     handles = ax.get_legend_handles_labels()[0] + [
         Line2D([], [], marker="o", ls="", mfc="white", mec="black", label="trial (number)"),
@@ -336,6 +358,29 @@ def landscape_plot(study: Any, sampler: Any = None, refined: Any = None) -> Plot
         "bowl_optimum_uv": model.w_star.tolist(),
     }
     return Plot("landscape", fig, data)
+
+
+def _sparse_minor_labels(ax: Any) -> None:
+    """On log axes spanning less than a decade or two matplotlib labels every minor tick, and
+    3×10⁻³ runs into 4×10⁻³: label the minor ticks at 2 and 5 × 10ᵏ only, in the major labels'
+    notation, and none on an axis wider than 1.2 decades (the decades' labels suffice)."""
+    from matplotlib.ticker import FuncFormatter
+
+    def label(x: float, _pos: int) -> str:
+        if x <= 0:
+            return ""
+        exponent = math.floor(math.log10(x) + 1e-9)
+        mantissa = round(x / 10.0**exponent, 6)
+        return rf"${mantissa:g}\times10^{{{exponent}}}$" if mantissa in (2.0, 5.0) else ""
+
+    for axis in (ax.xaxis, ax.yaxis):
+
+        def label_if_narrow(x: float, pos: int, axis: Any = axis) -> str:
+            lo, hi = sorted(axis.get_view_interval())
+            wide = lo > 0 and math.log10(hi / lo) > 1.2  # the decades' labels suffice
+            return "" if wide else label(x, pos)
+
+        axis.set_minor_formatter(FuncFormatter(label_if_narrow))
 
 
 def _label_trials(
