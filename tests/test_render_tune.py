@@ -187,3 +187,16 @@ def test_a_wide_terminal_keeps_the_run_on_one_line() -> None:
     started = _running(phase="start", step=None, time_budget=None, time_left=None)
     (row,) = _live(started, 200)
     assert row.startswith(run_line(started, "D=62.5K")) and row.rstrip().endswith("0:00:00")
+
+
+def test_a_note_of_a_finished_run_is_printed_below_its_row() -> None:
+    from steplaw_opt.cli._render_tune import TrialDisplay
+
+    note = "warning: 3 of the 4 runs so far sat at the lower batch bound (2) and 9 s of their 10 s"
+    event = _running(phase="end", failure=None, best=2.3, notes=(note,))
+    out = io.StringIO()
+    console = Console(file=out, width=200, color_system=None)
+    TrialDisplay(console, 10).update(event)
+    lines = out.getvalue().splitlines()
+    row = next(i for i, line in enumerate(lines) if line.strip().startswith("0 "))
+    assert lines[row + 1] == note

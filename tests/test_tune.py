@@ -161,12 +161,20 @@ def test_each_run_records_its_wall_time_and_a_crowded_batch_floor_is_said():
         return 3.0 + batch_size / 1e4  # lower with a smaller batch: the runs go to the floor
 
     # the law puts the proxies' batch near 70-160 sequences: a floor at 150 is where they go
+    ends = []
     result = tune(TARGET, CallableObjective(small), storage=":memory:", seed=0, n_trials=6,
-                  batch_bounds=(150, 2048))  # fmt: skip
+                  batch_bounds=(150, 2048),
+                  on_trial=lambda e: ends.append(e) if e.phase == "end" else None)  # fmt: skip
     seconds = result.extras["run_seconds"]
     assert seconds >= 0
     notes = result.extras["notes"]
     assert notes and "lower batch bound (150)" in notes[0]
+    # said once while the plan still runs, not only at its end
+    live = [(i, n) for i, e in enumerate(ends) for n in e.notes]
+    assert len(live) == 1 and live[0][0] < len(ends) - 1
+    assert "runs so far sat at the lower batch bound (150)" in live[0][1]
+    quiet = []
     other = tune(TARGET, CallableObjective(prefers_large), storage=":memory:", seed=0,
-                 n_trials=6, batch_bounds=(16, 2048))  # fmt: skip
+                 n_trials=6, batch_bounds=(16, 2048), on_trial=quiet.append)  # fmt: skip
     assert other.extras["notes"] == [] and other.extras["run_seconds"] >= 0.05
+    assert not [n for e in quiet for n in e.notes]

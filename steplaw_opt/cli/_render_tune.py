@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
@@ -179,6 +180,8 @@ class TrialDisplay:
             f"{event.number:>5}  {where:>10}  {event.lr:>9.3g}  {event.batch_size:>7g}  "
             f"{loss:>9}  {best:>9}  {event.compute_spent:>7.3f}  {event.seconds:>6.1f}"
         )
+        for note in getattr(event, "notes", ()):
+            self.console.print(f"[yellow]{escape(note)}[/yellow]")
         self.progress.advance(self.task)
 
 

@@ -200,10 +200,11 @@ def run_seconds(trials: Sequence[Any]) -> float:
 SLOW_BOUND_SHARE = 0.5  # a note when at least this share of the runs sits at the batch floor
 
 
-def slow_bound_notes(trials: Sequence[Any], setup: StudySetup) -> list[str]:
+def slow_bound_notes(trials: Sequence[Any], setup: StudySetup, *, live: bool = False) -> list[str]:
     """Whether the runs crowd the lower batch bound, where a run needs the most steps for its
     tokens: the compute budget counts tokens, but a step costs about as much wall time at a
-    small batch as at a larger one, so such a study takes longer than its compute suggests."""
+    small batch as at a larger one, so such a study takes longer than its compute suggests.
+    ``live``: said while the plan still runs (of the runs so far), not after it."""
     done = [t for t in trials if t.state.is_finished() and BATCH_PARAM in t.params]
     low = setup.batch_dist["low"]
     floor = [t for t in done if t.params[BATCH_PARAM] <= low]
@@ -212,6 +213,13 @@ def slow_bound_notes(trials: Sequence[Any], setup: StudySetup) -> list[str]:
     spent = run_seconds(floor)
     total = run_seconds(done)
     share = f" and {spent:.0f} s of their {total:.0f} s" if total > 0 else ""
+    if live:
+        return [
+            f"warning: {len(floor)} of the {len(done)} runs so far sat at the lower batch bound "
+            f"({low:g}){share}: at the floor a run takes the most steps for its tokens, so the "
+            "rest will take longer than their compute suggests; if the optimum is there, a "
+            "lower --batch-min may find it, if not, a higher one makes the runs faster"
+        ]
     return [
         f"{len(floor)} of {len(done)} runs sat at the lower batch bound ({low:g}){share}: at "
         "the floor a run takes the most steps for its tokens, so the study took longer than "
@@ -246,6 +254,7 @@ def run_study(
     spent = retry_storage(compute_spent, study)
     heartbeat = heartbeat_on(study)
     poll = 0.5
+    warned_slow = False  # the slow-bound warning is said once, while runs remain
     while True:
         check_stop()
         retry_storage(recover_lost, study)
@@ -287,6 +296,10 @@ def run_study(
         if loss is not None and loss < best.get(key, math.inf):
             best[key] = loss
         if on_trial is not None:
+            notes: list[str] = []
+            if not warned_slow and event["index"] + 1 < len(schedule):
+                notes = slow_bound_notes(retry_storage(all_trials, study), setup, live=True)
+                warned_slow = bool(notes)
             on_trial(
                 TrialEvent(
                     **event,
@@ -296,6 +309,7 @@ def run_study(
                     compute_spent=spent,
                     seconds=seconds,
                     phase="end",
+                    notes=tuple(notes),
                     **clock(seconds, None, done=True),
                 )
             )

@@ -32,6 +32,7 @@ class TrialEvent:
     time_left: float | None = None  # predicted seconds of the rest (None: nothing to go on)
     time_budget: Any = None  # the TimeBudget in force (None or unlimited: no limit)
     gpu_hours: float | None = None  # GPU-hours the study's runs have spent
+    notes: tuple[str, ...] = ()  # "end": what to say now, while the plan still runs
 
 
 @dataclass
