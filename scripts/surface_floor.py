@@ -33,18 +33,18 @@ from steplaw_opt.bench import load_grids
 from steplaw_opt.bench._grids import GridSetting, default_grid_path
 from steplaw_opt.bench._surfaces import (
     SURFACE_NAMES,
+    SURFACE_WINDOWS,
     NoiseFreeSurface,
     _trusted,
     noise_free_surfaces,
 )
 
-WINDOWS = {"cubic-3%": 0.03, "quadratic-1.5%": 0.015, "gp": 0.05}
 CAP = 0.10  # far cells: at most 10 % above the minimum, out of every surface's window
 
 
 def smooth_truth(surface: NoiseFreeSurface) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """The surface's formula as a landscape defined everywhere, (ln lr, ln batch) → loss."""
-    floor = surface.min_value * (1.0 + WINDOWS[surface.name])
+    floor = surface.min_value * (1.0 + SURFACE_WINDOWS[surface.name])
     cap = surface.min_value * (1.0 + CAP)
 
     def loss(ln_lr: np.ndarray, ln_b: np.ndarray) -> np.ndarray:

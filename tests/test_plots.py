@@ -156,8 +156,8 @@ def test_the_runs_are_drawn_above_the_refined_optimum(study):
     assert star and trials.get_zorder() > max(line.get_zorder() for line in star)
 
 
-@pytest.mark.parametrize(("lo", "hi"), [(2.5e-3, 8e-3), (1.2e-3, 9e-3), (3e5, 4e6)])
-def test_minor_tick_labels_on_a_narrow_log_axis_are_sparse_and_clear(lo, hi):
+def _log_axis(lo: float, hi: float):
+    """A drawn figure's axes with a log x axis from ``lo`` to ``hi``, minor labels sparse."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,6 +171,12 @@ def test_minor_tick_labels_on_a_narrow_log_axis_are_sparse_and_clear(lo, hi):
     ax.set_xlim(lo, hi)
     _sparse_minor_labels(ax)
     fig.canvas.draw()
+    return ax
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(2.5e-3, 8e-3), (1.2e-3, 9e-3), (3e5, 4e6)])
+def test_minor_tick_labels_on_a_narrow_log_axis_are_sparse_and_clear(lo, hi):
+    ax = _log_axis(lo, hi)
     locs = ax.xaxis.get_minorticklocs()
     texts = [
         t
@@ -183,17 +189,5 @@ def test_minor_tick_labels_on_a_narrow_log_axis_are_sparse_and_clear(lo, hi):
 
 
 def test_a_log_axis_over_decades_keeps_only_the_decades_labels():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    from steplaw_opt.plots._study import _sparse_minor_labels
-
-    fig = Figure(figsize=(7.6, 5.8))
-    ax = fig.add_subplot()
-    ax.set_xscale("log")
-    ax.set_xlim(1e-4, 0.5)
-    _sparse_minor_labels(ax)
-    fig.canvas.draw()
+    ax = _log_axis(1e-4, 0.5)
     assert not [t.get_text() for t in ax.xaxis.get_ticklabels(minor=True) if t.get_text()]

@@ -18,7 +18,7 @@ from steplaw_opt._records import ATTR_OWNER
 from steplaw_opt.scale import Scale
 from steplaw_opt.tune import ATTR_SLOT
 from steplaw_opt.tune._study import make_storage
-from steplaw_opt.tune._workers import claim_slot
+from steplaw_opt.tune._workers import _proc_stat, claim_slot
 
 # End to end: the CLI in subprocesses, real files and servers (`-m 'not slow'` skips them).
 pytestmark = pytest.mark.slow
@@ -186,15 +186,14 @@ FAKE_TRAIN = textwrap.dedent(
 def _has_child(pid: int, needle: str) -> bool:
     """Whether process ``pid`` has a child whose command line contains ``needle``."""
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        stat = _proc_stat(int(entry.name)) if entry.name.isdigit() else None
+        if stat is None or stat[1] != str(pid):  # stat[1]: the parent's pid
             continue
         try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except (OSError, IndexError, ValueError):
+            if needle in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                return True
+        except OSError:
             continue  # gone meanwhile
-        if ppid == pid and needle in cmdline:
-            return True
     return False
 
 

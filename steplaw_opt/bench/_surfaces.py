@@ -42,6 +42,8 @@ BATCH_GRID_STEP = math.log(2.0)  # the released batch sizes are powers of two (p
 WEIGHT_FLOOR = 0.0025
 LATTICE = 161  # points per axis of the lattice an argmin is searched on
 SURFACE_NAMES = ("cubic-3%", "quadratic-1.5%", "gp")
+# Each surface's fitting window: the cells within this relative gap of the grid's minimum.
+SURFACE_WINDOWS = {"cubic-3%": 0.03, "quadratic-1.5%": 0.015, "gp": 0.05}
 
 
 @dataclass(frozen=True)
@@ -234,11 +236,13 @@ def noise_free_surfaces(
 ) -> list[NoiseFreeSurface]:
     """The bench's surfaces of ``setting``, in ``names`` order (see the module docstring)."""
     makers: dict[str, Callable[[], NoiseFreeSurface]] = {
-        "cubic-3%": lambda: polynomial_surface(setting, degree=3, window=0.03, name="cubic-3%"),
-        "quadratic-1.5%": lambda: polynomial_surface(
-            setting, degree=2, window=0.015, name="quadratic-1.5%"
+        "cubic-3%": lambda: polynomial_surface(
+            setting, degree=3, window=SURFACE_WINDOWS["cubic-3%"], name="cubic-3%"
         ),
-        "gp": lambda: gp_surface(setting),
+        "quadratic-1.5%": lambda: polynomial_surface(
+            setting, degree=2, window=SURFACE_WINDOWS["quadratic-1.5%"], name="quadratic-1.5%"
+        ),
+        "gp": lambda: gp_surface(setting, window=SURFACE_WINDOWS["gp"]),
     }
     digest = _digest(setting)
     out = []

@@ -301,9 +301,8 @@ def landscape_plot(study: Any, sampler: Any = None, refined: Any = None) -> Plot
     ax.set_xlim(vx0, vx1)
     ax.set_ylim(vy0, vy1)
     # the law's marker, the star and its two error bars (points along them)
-    along = np.linspace(0.0, 1.0, 9)
-    bar_x = np.exp(np.log(lr_lo) + along * np.log(lr_hi / lr_lo)) if lr_lo > 0 else []
-    bar_y = np.exp(np.log(b_lo) + along * np.log(b_hi / b_lo)) if b_lo > 0 else []
+    bar_x = np.geomspace(lr_lo, lr_hi, 9) if lr_lo > 0 else []
+    bar_y = np.geomspace(b_lo, b_hi, 9) if b_lo > 0 else []
     obstacles = np.array(
         [
             [law_x[0], law_y[0]],

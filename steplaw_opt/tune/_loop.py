@@ -213,18 +213,18 @@ def slow_bound_notes(trials: Sequence[Any], setup: StudySetup, *, live: bool = F
     spent = run_seconds(floor)
     total = run_seconds(done)
     share = f" and {spent:.0f} s of their {total:.0f} s" if total > 0 else ""
-    if live:
-        return [
-            f"warning: {len(floor)} of the {len(done)} runs so far sat at the lower batch bound "
-            f"({low:g}){share}: at the floor a run takes the most steps for its tokens, so the "
-            "rest will take longer than their compute suggests; if the optimum is there, a "
-            "lower --batch-min may find it, if not, a higher one makes the runs faster"
-        ]
+    runs, slower = (
+        (
+            f"warning: {len(floor)} of the {len(done)} runs so far",
+            "the rest will take longer than their",
+        )
+        if live
+        else (f"{len(floor)} of {len(done)} runs", "the study took longer than its")
+    )
     return [
-        f"{len(floor)} of {len(done)} runs sat at the lower batch bound ({low:g}){share}: at "
-        "the floor a run takes the most steps for its tokens, so the study took longer than "
-        "its compute suggests; if the optimum is there, a lower --batch-min may find it, if "
-        "not, a higher one makes the runs faster"
+        f"{runs} sat at the lower batch bound ({low:g}){share}: at the floor a run takes the "
+        f"most steps for its tokens, so {slower} compute suggests; if the optimum is there, a "
+        "lower --batch-min may find it, if not, a higher one makes the runs faster"
     ]
 
 
