@@ -28,26 +28,7 @@ import numpy as np
 
 from steplaw_opt.bench import load_grids
 from steplaw_opt.bench._grids import GridSetting, default_grid_path
-from steplaw_opt.bench._surfaces import (
-    SURFACE_NAMES,
-    SURFACE_WINDOWS,
-    NoiseFreeSurface,
-    gp_surface,
-    polynomial_surface,
-)
-
-
-def refit(setting: GridSetting) -> dict[str, NoiseFreeSurface]:
-    """The bench's three surfaces fitted to ``setting`` (uncached: every left-out grid differs)."""
-    return {
-        "cubic-3%": polynomial_surface(
-            setting, degree=3, window=SURFACE_WINDOWS["cubic-3%"], name="cubic-3%"
-        ),
-        "quadratic-1.5%": polynomial_surface(
-            setting, degree=2, window=SURFACE_WINDOWS["quadratic-1.5%"], name="quadratic-1.5%"
-        ),
-        "gp": gp_surface(setting, window=SURFACE_WINDOWS["gp"]),
-    }
+from steplaw_opt.bench._surfaces import SURFACE_NAMES, fit_surface
 
 
 def held_out_errors(setting: GridSetting, near: float) -> dict[str, np.ndarray]:
@@ -61,8 +42,9 @@ def held_out_errors(setting: GridSetting, near: float) -> dict[str, np.ndarray]:
         rest = dataclasses.replace(
             setting, lr=setting.lr[keep], batch=setting.batch[keep], loss=setting.loss[keep]
         )
-        for name, surface in refit(rest).items():
-            predicted = float(surface(setting.lr[i], setting.batch[i]))
+        for name in SURFACE_NAMES:
+            # fitted afresh: the cache of noise_free_surfaces would keep every left-out grid
+            predicted = float(fit_surface(rest, name)(setting.lr[i], setting.batch[i]))
             errors[name].append(math.log(setting.loss[i] / predicted))
     return {name: np.asarray(e) for name, e in errors.items()}
 

@@ -46,3 +46,14 @@ def test_held_out_errors_vanish_where_a_surface_holds_the_landscape_exactly(
     assert np.abs(errors["cubic-3%"]).max() < 1e-9
     # the GP smooths, but it predicts a smooth bowl to well under the run noise (0.07 %)
     assert np.sqrt(np.mean(errors["gp"] ** 2)) < 2e-4
+
+
+def test_fit_surface_names_an_unknown_surface() -> None:
+    from steplaw_opt import SteplawInputError
+    from steplaw_opt.bench._surfaces import fit_surface
+
+    s = GridSetting(
+        key=(0.0,), N=1e8, D=1e9, lr=np.ones(3), batch=np.ones(3), loss=np.ones(3) * 2.0
+    )
+    with pytest.raises(SteplawInputError, match="unknown surface 'spline'"):
+        fit_surface(s, "spline")

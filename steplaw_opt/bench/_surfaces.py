@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from steplaw_opt.bench._grids import LR_GRID_STEP, GridSetting
+from steplaw_opt.errors import SteplawInputError
 
 BATCH_GRID_STEP = math.log(2.0)  # the released batch sizes are powers of two (plus a few 1.5×)
 WEIGHT_FLOOR = 0.0025
@@ -231,25 +232,27 @@ def _digest(setting: GridSetting) -> bytes:
     return h.digest()
 
 
+def fit_surface(setting: GridSetting, name: str) -> NoiseFreeSurface:
+    """The bench's surface ``name`` of ``setting``, fitted afresh (:func:`noise_free_surfaces`
+    caches these; a refit of a changed grid, such as one with a cell left out, calls this)."""
+    if name in ("cubic-3%", "quadratic-1.5%"):
+        degree = 3 if name == "cubic-3%" else 2
+        return polynomial_surface(setting, degree=degree, window=SURFACE_WINDOWS[name], name=name)
+    if name == "gp":
+        return gp_surface(setting, window=SURFACE_WINDOWS["gp"])
+    raise SteplawInputError(f"unknown surface {name!r}; known: {', '.join(SURFACE_NAMES)}")
+
+
 def noise_free_surfaces(
     setting: GridSetting, names: Sequence[str] = SURFACE_NAMES
 ) -> list[NoiseFreeSurface]:
     """The bench's surfaces of ``setting``, in ``names`` order (see the module docstring)."""
-    makers: dict[str, Callable[[], NoiseFreeSurface]] = {
-        "cubic-3%": lambda: polynomial_surface(
-            setting, degree=3, window=SURFACE_WINDOWS["cubic-3%"], name="cubic-3%"
-        ),
-        "quadratic-1.5%": lambda: polynomial_surface(
-            setting, degree=2, window=SURFACE_WINDOWS["quadratic-1.5%"], name="quadratic-1.5%"
-        ),
-        "gp": lambda: gp_surface(setting, window=SURFACE_WINDOWS["gp"]),
-    }
     digest = _digest(setting)
     out = []
     for name in names:
         key = (digest, name)
         if key not in _CACHE:
-            _CACHE[key] = makers[name]()
+            _CACHE[key] = fit_surface(setting, name)
         # the cached fit, bound to this setting object
         out.append(dataclasses.replace(_CACHE[key], setting=setting))
     return out
