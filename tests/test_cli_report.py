@@ -24,9 +24,12 @@ def tuned(tmp_path_factory, mlflow_template):  # noqa: F811
     shutil.copy(mlflow_template, folder / "mlflow.db")
     tracking_uri = f"sqlite:///{folder}/mlflow.db"
     storage = f"sqlite:///{folder}/s.db"
-    with MlflowTracker(tracking_uri, plots=True) as tracker:
-        result = tune(TARGET, CallableObjective(bowl), storage=storage, budget=0.5, seed=0,
-                      tracker=tracker)  # fmt: skip
+    # MLflow puts a new SQLite store's artifacts in ./mlruns of the working folder: this one.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        with MlflowTracker(tracking_uri, plots=True) as tracker:
+            result = tune(TARGET, CallableObjective(bowl), storage=storage, budget=0.5, seed=0,
+                          tracker=tracker)  # fmt: skip
     return result, storage, tracking_uri
 
 
