@@ -25,11 +25,13 @@ from steplaw_opt.priors._law import (
 )
 
 if TYPE_CHECKING:
-    from steplaw_opt.priors._prior import Prior, TrustRegion
+    from steplaw_opt.priors._prior import DRIFT_ALLOWANCE_SD, Prior, TrustRegion, drift_covariance
 
 _LAZY = {
     "Prior": "steplaw_opt.priors._prior",
     "TrustRegion": "steplaw_opt.priors._prior",
+    "DRIFT_ALLOWANCE_SD": "steplaw_opt.priors._prior",
+    "drift_covariance": "steplaw_opt.priors._prior",
     "FORMS": "steplaw_opt.priors._fit",
     "FitResult": "steplaw_opt.priors._fit",
     "Runs": "steplaw_opt.priors._fit",
@@ -48,6 +50,7 @@ __getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [
+    "DRIFT_ALLOWANCE_SD",
     "FORMS",
     "FitResult",
     "Interval",
@@ -61,6 +64,7 @@ __all__ = [
     "TrustRegion",
     "UnusableLawError",
     "UnusablePredictionError",
+    "drift_covariance",
     "fit_law",
     "fit_law_ols",
     "list_laws",

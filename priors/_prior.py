@@ -88,6 +88,56 @@ class Prior:
         return -0.5 * (self.mahalanobis2(w) + logdet) - math.log(2 * math.pi)
 
 
+#: The allowance for a new architecture, data mix or optimiser on how the optimum moves with
+#: scale: the sd of each entry of Γ = ∂(u*, v*)/∂(ln N, ln D). Set from the spread of the
+#: published laws' exponents along the compute-optimal line (D ∝ N, where every one of them
+#: was fitted, so their slopes there are comparable): d ln lr*/d ln N is −0.406 (Step Law),
+#: −0.40 (Kaplan et al. near 1e9), −0.36 (Porian et al.) and −0.25 (DeepSeek, C^−0.125 with
+#: C ∝ N²), sd 0.072; d ln B*/d ln N is 0.571, 0.703 and 0.654 (Step Law, Porian, DeepSeek),
+#: sd 0.067. Labs that trained different models on different data disagree by this much.
+DRIFT_ALLOWANCE_SD = (0.072, 0.067)  # (lr rows, batch rows)
+
+# How a law variable's logarithm moves with (ln N, ln D): C = 6ND or M·D with M ∝ N.
+_LN_SLOPES = {"N": (1.0, 0.0), "D": (0.0, 1.0), "C": (1.0, 1.0)}
+
+
+def drift_covariance(
+    law: Law, allowance_sd: tuple[float, float] = DRIFT_ALLOWANCE_SD
+) -> np.ndarray:
+    r"""The prior covariance of :math:`\mathrm{vec}\,\Gamma` (row-major: :math:`\Gamma_{uN},
+    \Gamma_{uD}, \Gamma_{vN}, \Gamma_{vD}`), how far the optimum's offset from ``law`` moves
+    per ln unit of N and of D:
+
+    .. math:: S_\Gamma = J \Sigma_\beta J^\top
+              + \mathrm{diag}(a_{lr}^2, a_{lr}^2, a_B^2, a_B^2)
+
+    with :math:`J \Sigma_\beta J^\top` the card's exponent uncertainty (its ``[covariance]``,
+    mapped to (ln N, ln D); zero without one) and :math:`a` the allowance for a setup the law
+    was not fitted on (:data:`DRIFT_ALLOWANCE_SD`).
+
+    >>> from steplaw_opt.priors import load_law
+    >>> cov = drift_covariance(load_law("step-law"))
+    >>> [round(float(x), 3) for x in (cov.diagonal() ** 0.5)]
+    [0.078, 0.075, 0.067, 0.07]
+    """
+    a_lr, a_b = (float(x) for x in allowance_sd)
+    if not all(math.isfinite(a) and a >= 0 for a in (a_lr, a_b)):
+        raise SteplawInputError(f"drift allowance must be non-negative sds, got {allowance_sd!r}")
+    cov = np.diag([a_lr**2, a_lr**2, a_b**2, a_b**2])
+    c = law.covariance
+    if c is not None:
+        jac = np.zeros((4, len(c.lr_terms) + len(c.batch_terms)))
+        jac[0:2, : len(c.lr_terms)] = _slopes(c.lr_terms)
+        jac[2:4, len(c.lr_terms) :] = _slopes(c.batch_terms)
+        cov = cov + jac @ c.joint() @ jac.T
+    return 0.5 * (cov + cov.T)
+
+
+def _slopes(terms: tuple[str, ...]) -> np.ndarray:
+    """∂(d ln q/d ln N, d ln q/d ln D)/∂coefficient of a power law's log-space terms (2 × k)."""
+    return np.array([_LN_SLOPES.get(t, (0.0, 0.0)) for t in terms], dtype=float).T
+
+
 @dataclass(frozen=True)
 class TrustRegion:
     """An ellipse ``(w − center)ᵀ shape⁻¹ (w − center) ≤ radius2`` intersected with a box.

@@ -190,7 +190,9 @@ def fit_model(
 
     Raises ``ModelFittingError`` when the marginal likelihood cannot be optimised."""
     outcome = Standardize(m=1)
-    mean = BowlMean(bowl.offset(group), ceiling, bowl.optimum(), bowl.hessian, bounds, outcome)
+    mean = BowlMean(
+        bowl.offset(group), ceiling, bowl.optimum_at(group), bowl.hessian, bounds, outcome
+    )
     model = SingleTaskGP(
         train_w,
         train_f,
@@ -331,7 +333,7 @@ class BoTorchPlateauSampler(PlateauSampler):
             keyword-only ``law``, ``lr_param``, ``batch_param``, ``batch_unit``, ``seq_len``,
             ``seed``, ``independent_sampler``, ``acquisition`` (the bowl's, used while it
             chooses), ``resolution``, ``coarse_resolution``, ``n_coarse``, ``lattice_step``,
-            ``trust_mass``, ``prior_widen`` and ``bowl_prior``: see
+            ``trust_mass``, ``prior_widen``, ``bowl_prior`` and ``drift``: see
             :class:`~steplaw_opt.samplers.PlateauSampler`.
         n_bowl: the first ``n_bowl`` trials (run, failed or running) are chosen by the inherited
             bowl on its lattice; the GP chooses from then on (default: ``n_coarse``; 0: the GP
@@ -374,6 +376,7 @@ class BoTorchPlateauSampler(PlateauSampler):
         trust_mass: float = 0.99,
         prior_widen: float = 1.0,
         bowl_prior: BowlPrior | None = None,
+        drift: bool = False,
         n_bowl: int | None = None,
         prior_beta: float = DEFAULT_PRIOR_BETA,
         clip: float = DEFAULT_CLIP,
@@ -397,6 +400,7 @@ class BoTorchPlateauSampler(PlateauSampler):
             trust_mass=trust_mass,
             prior_widen=prior_widen,
             bowl_prior=bowl_prior,
+            drift=drift,
         )
         if n_bowl is not None and (
             isinstance(n_bowl, bool) or not isinstance(n_bowl, int) or n_bowl < 0

@@ -28,7 +28,7 @@ from steplaw_opt._records import (
 from steplaw_opt.errors import SteplawInputError
 from steplaw_opt.landscape import BowlPosterior, BowlPrior, fit_bowl, gap_weights
 from steplaw_opt.priors._law import Law, load_law
-from steplaw_opt.priors._prior import Prior, TrustRegion, chi2_2_quantile
+from steplaw_opt.priors._prior import Prior, TrustRegion, chi2_2_quantile, drift_covariance
 from steplaw_opt.samplers._region import bottom_in_region
 from steplaw_opt.scale import Scale
 from steplaw_opt.space import BatchUnit, LawSpace
@@ -202,6 +202,13 @@ class PlateauSampler(BaseSampler):
         trust_mass: prior mass of the trust region.
         prior_widen: multiplies the prior's standard deviations (extra doubt in the law).
         bowl_prior: curvature and noise prior of the landscape model.
+        drift: let the optimum's offset from the law move with scale, :math:`w^*_s = w^* +
+            \Gamma x_s` with :math:`x_s` the proxy's (ln N, ln D) below the target's and a
+            prior on Γ from the card's exponent uncertainty plus the spread of published laws'
+            exponents (:func:`~steplaw_opt.priors.drift_covariance`). Proxies at several scales
+            that agree on a trend then carry it to the target; proxies at one scale move the
+            target only as far as that prior allows. Off by default: a single-scale study is
+            unchanged either way, and no benchmark yet measures a law whose error drifts.
 
     Trials may carry their own scale in user attributes ``steplaw.N``, ``steplaw.D`` and
     ``steplaw.seq_len`` (proxy runs). An objective that cannot run at the proposed values (a
@@ -254,6 +261,7 @@ class PlateauSampler(BaseSampler):
         trust_mass: float = 0.99,
         prior_widen: float = 1.0,
         bowl_prior: BowlPrior | None = None,
+        drift: bool = False,
     ) -> None:
         if not isinstance(scale, Scale):
             raise SteplawInputError(f"scale must be a steplaw_opt.Scale, got {scale!r}")
@@ -291,6 +299,9 @@ class PlateauSampler(BaseSampler):
         self._radius2 = chi2_2_quantile(trust_mass)
         self._prior = Prior.from_law(self._law, scale, widen=prior_widen)
         self._bowl = bowl_prior or BowlPrior.default()
+        if not isinstance(drift, bool):
+            raise SteplawInputError(f"drift must be True or False, got {drift!r}")
+        self._drift_cov = drift_covariance(self._law) if drift else None
         self._reseed_counter = 0
         self._warned: set[str] = set()  # parameter names already warned about
 
@@ -522,6 +533,10 @@ class PlateauSampler(BaseSampler):
             bowl = dataclasses.replace(bowl, law_widths=(1.0,), law_weights=(1.0,))
         if noise_sd is not None:
             bowl = dataclasses.replace(bowl, noise_sd=noise_sd)
+        scale_x = drift_cov = None
+        if self._drift_cov is not None and hist.group_scales:
+            scale_x = self._scale_x(hist, n)
+            drift_cov = self._drift_cov
         return fit_bowl(
             hist.w,
             hist.y,
@@ -530,7 +545,21 @@ class PlateauSampler(BaseSampler):
             prior_mean=self._prior.mean,
             prior_cov=self._prior.cov,
             bowl=bowl,
+            scale_x=scale_x,
+            drift_cov=drift_cov,
         )
+
+    def _scale_x(self, hist: _History, n: int) -> np.ndarray:
+        """Each group's (ln N − ln N_t, ln D − ln D_t); 0 where either scale lacks N or D
+        (the law then could not tell those scales apart either)."""
+        x = np.zeros((n, 2))
+        n_t, d_t = self._target.N, self._target.D
+        for i, (n_s, d_s, _) in enumerate(hist.group_scales):
+            if n_t and n_s:
+                x[i, 0] = math.log(n_s / n_t)
+            if d_t and d_s:
+                x[i, 1] = math.log(d_s / d_t)
+        return x
 
     def trust_region(
         self,

@@ -49,6 +49,17 @@ without bound on the flat side. Without it a symmetric bowl puts its bottom on t
 to each whole released grid, 0.15 ln units of lr below where a Gaussian-process smoother of
 the same grid does (0.06 below a cubic smoother's; ``scripts/bowl_floor.py``).
 
+**Drift** (optional, ``fit_bowl(scale_x=…, drift_cov=…)``). The law's error need not be the
+same at every scale: a new architecture or optimiser can change the exponents, so the offset
+of the optimum from the law moves with scale, :math:`w^*_s = w^* + \Gamma x_s` with
+:math:`x_s = (\ln N_s - \ln N_t, \ln D_s - \ln D_t)` (zero at the target). The linear term
+at scale s is then :math:`b + G x_s` with :math:`G = -2 A \Gamma`: four more columns
+:math:`[u x_N, u x_D, v x_N, v x_D]`, still linear in θ, with the prior on Γ mapped to G
+(:func:`drift_prior_cov`; ``priors.drift_covariance`` builds that prior from a law card).
+Proxies at several scales that agree on a trend carry it to the target; proxies at one scale
+move the target only as far as the prior on Γ lets their offset be a drift rather than an
+error shared by every scale.
+
 The optimum's posterior is that of :math:`-\tfrac12 A^{-1} b` under :math:`\theta`'s posterior,
 sampled (Thompson sampling draws one sample), with :math:`A` projected onto the positive-definite
 cone by clipping its eigenvalues at a floor.
@@ -193,18 +204,40 @@ def estimate_curvature_scale(
 
 
 def features(
-    w: np.ndarray, groups: np.ndarray, n_groups: int, u_ref: float | None = None
+    w: np.ndarray,
+    groups: np.ndarray,
+    n_groups: int,
+    u_ref: float | None = None,
+    scale_x: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Design matrix rows ``[onehot(group), u, v, u², 2uv, v²]``, and the asymmetry term
-    :func:`asymmetry` of ``u − u_ref`` when the bowl has one (``u_ref`` not None)."""
+    """Design matrix rows ``[onehot(group), u, v, u², 2uv, v²]``, the asymmetry term
+    :func:`asymmetry` of ``u − u_ref`` when the bowl has one (``u_ref`` not None), and the
+    drift terms ``[u·x_N, u·x_D, v·x_N, v·x_D]`` when it has those (``scale_x``: each group's
+    ``(ln N − ln N_t, ln D − ln D_t)``, ``n_groups × 2``)."""
     w = np.atleast_2d(w)
+    groups = np.asarray(groups, dtype=int)
     u, v = w[:, 0], w[:, 1]
     onehot = np.zeros((len(w), n_groups))
     onehot[np.arange(len(w)), groups] = 1.0
     cols = [onehot, u, v, u * u, 2 * u * v, v * v]
     if u_ref is not None:
         cols.append(asymmetry(u - u_ref))
+    if scale_x is not None:
+        x = np.asarray(scale_x, dtype=float)[groups]
+        cols.extend([u * x[:, 0], u * x[:, 1], v * x[:, 0], v * x[:, 1]])
     return np.column_stack(cols)
+
+
+def drift_prior_cov(h0: np.ndarray, gamma_cov: np.ndarray) -> np.ndarray:
+    r"""The prior covariance of the drift coefficients :math:`G` (row-major
+    :math:`(G_{uN}, G_{uD}, G_{vN}, G_{vD})`) implied by a prior :math:`\mathrm{vec}\,\Gamma
+    \sim \mathcal N(0, S_\Gamma)` on how the optimum moves with scale: the bottom at scale
+    :math:`s` is :math:`w^*_s = w^* + \Gamma x_s`, so the linear term is
+    :math:`b_s = -2 H w^*_s = b + G x_s` with :math:`G = -2 H \Gamma`, i.e.
+    :math:`\mathrm{vec}\,G = L\,\mathrm{vec}\,\Gamma`, :math:`L = -2 (H \otimes I_2)`."""
+    lin = -2.0 * np.kron(np.asarray(h0, dtype=float), np.eye(2))
+    cov = lin @ np.asarray(gamma_cov, dtype=float) @ lin.T
+    return 0.5 * (cov + cov.T)
 
 
 def asymmetry(t: np.ndarray) -> np.ndarray:
@@ -266,6 +299,10 @@ class BowlPosterior:
     width_weights: tuple[float, ...] = (1.0,)  # posterior weight of each law_widths entry
     u_ref: float | None = None  # centre of the asymmetry term (None: a symmetric bowl)
     window: tuple[float, float] = (0.01, 0.05)  # the (τ, cut) of the weights the fit used
+    # Each group's (ln N − ln N_t, ln D − ln D_t) when the bowl has drift terms (None: the
+    # bottom is the same at every scale). The target's row is zero, so its bottom is the
+    # drift-free formula's.
+    scale_x: np.ndarray | None = None
 
     def _split(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         g = self.n_groups
@@ -326,14 +363,36 @@ class BowlPosterior:
 
     def predict(self, w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and variance of the bowl (ln L, without noise) at ``w`` for ``group``."""
-        phi = features(w, np.full(len(np.atleast_2d(w)), group), self.n_groups, self.u_ref)
+        phi = self._features(w, group)
         mean = phi @ self.mean
         var = np.einsum("ni,ij,nj->n", phi, self.cov, phi)
         return mean, np.maximum(var, 0.0)
 
+    def _features(self, w: np.ndarray, group: int) -> np.ndarray:
+        groups = np.full(len(np.atleast_2d(w)), group)
+        return features(w, groups, self.n_groups, self.u_ref, self.scale_x)
+
+    def drift(self) -> np.ndarray | None:
+        r"""The posterior-mean drift :math:`\Gamma` (2 × 2: rows u, v; columns ln N, ln D),
+        :math:`\Gamma = -\tfrac12 A^{-1} G` at the bowl's curvature; None without drift
+        terms."""
+        if self.scale_x is None:
+            return None
+        start = self.n_groups + 5 + (self.u_ref is not None)
+        g = self.mean[start : start + 4].reshape(2, 2)
+        return -0.5 * np.linalg.solve(self.hessian, g)
+
+    def optimum_at(self, group: int) -> np.ndarray:
+        r"""w* at ``group``'s scale: :meth:`optimum` moved by the drift, :math:`w^* + \Gamma
+        x_s` (the target's own without drift terms)."""
+        gamma = self.drift()
+        if gamma is None or self.scale_x is None:
+            return self.optimum()
+        return self.optimum() + gamma @ self.scale_x[group]
+
     def offset(self, group: int) -> float:
-        """ln L at the bowl's bottom for ``group``."""
-        return float(self.predict(self.optimum()[None], group)[0][0])
+        """ln L at the bowl's bottom for ``group`` (at that scale's bottom)."""
+        return float(self.predict(self.optimum_at(group)[None], group)[0][0])
 
     def optimum_jacobian(self, eps: float = 1e-6) -> np.ndarray:
         """∂w*/∂θ at the posterior mean (2 × len(θ)), by central differences."""
@@ -371,7 +430,7 @@ class BowlPosterior:
         The numerator favours runs that move the estimate of the bottom (far enough out that
         the slope shows above the noise), the weight keeps them where the bowl holds.
         """
-        phi = features(w, np.full(len(np.atleast_2d(w)), group), self.n_groups, self.u_ref)
+        phi = self._features(w, group)
         j = self.optimum_jacobian()
         s_phi = phi @ self.cov
         moved = s_phi @ j.T
@@ -410,13 +469,22 @@ def fit_bowl(
     prior_cov: np.ndarray,
     bowl: BowlPrior | None = None,
     curvature_scale: float | str = "auto",
+    scale_x: np.ndarray | None = None,
+    drift_cov: np.ndarray | None = None,
 ) -> BowlPosterior:
-    """Fit the bowl to observations ``w`` (n×2), ``y = ln L`` (n), ``groups`` (n, ints).
+    r"""Fit the bowl to observations ``w`` (n×2), ``y = ln L`` (n), ``groups`` (n, ints).
 
-    ``prior_mean``/``prior_cov``: the law prior over w*. Works with zero observations (the
-    posterior is then the prior). ``curvature_scale`` multiplies the curvature prior, the gap
-    weights and the cut (:meth:`BowlPrior.scaled`); ``"auto"`` estimates it from the data
-    (:func:`estimate_curvature_scale`).
+    ``prior_mean``/``prior_cov``: the law prior over w* (at the target). Works with zero
+    observations (the posterior is then the prior). ``curvature_scale`` multiplies the
+    curvature prior, the gap weights and the cut (:meth:`BowlPrior.scaled`); ``"auto"``
+    estimates it from the data (:func:`estimate_curvature_scale`).
+
+    ``scale_x`` (``n_groups × 2``, each group's :math:`x_s = (\ln N_s - \ln N_t, \ln D_s -
+    \ln D_t)`) and ``drift_cov`` (4 × 4, the prior covariance of :math:`\mathrm{vec}\,\Gamma`,
+    row-major over (u, v) × (ln N, ln D)) give the bowl a bottom that moves with scale,
+    :math:`w^*_s = w^* + \Gamma x_s`: runs at other scales then inform the target's bottom
+    only as far as the prior on Γ lets their offsets carry (:func:`drift_prior_cov`). Without
+    them (or when every group is the target's scale) the bottom is shared by all scales.
     """
     bowl = bowl or BowlPrior.default()
     w = np.asarray(w, dtype=float).reshape(-1, 2)
@@ -426,6 +494,16 @@ def fit_bowl(
         raise SteplawInputError("w, y and groups must have the same length")
     if not np.all(np.isfinite(y)):
         raise SteplawInputError("bowl observations must be finite")
+    if (scale_x is None) != (drift_cov is None):
+        raise SteplawInputError("scale_x and drift_cov go together: pass both or neither")
+    if scale_x is not None:
+        scale_x = np.asarray(scale_x, dtype=float)
+        if scale_x.shape != (n_groups, 2) or not np.all(np.isfinite(scale_x)):
+            raise SteplawInputError(
+                f"scale_x must be a finite {n_groups}×2 array, got shape {scale_x.shape}"
+            )
+        if not np.any(scale_x):  # every group at the target's scale: nothing to drift
+            scale_x = drift_cov = None
     if curvature_scale == "auto":
         curvature_scale = estimate_curvature_scale(w, y, groups, n_groups, bowl)
     bowl = bowl.scaled(float(curvature_scale))
@@ -438,13 +516,16 @@ def fit_bowl(
     if len(widths) != len(prior_w) or np.any(widths <= 0) or np.any(prior_w <= 0):
         raise SteplawInputError("law_widths and law_weights must be positive and of one length")
     window = _window(y, groups, n_groups, bowl)
-    post = _fit_mixture(w, y, groups, n_groups, prior_mean, prior_cov, bowl, None, window)
+    drift = None if scale_x is None else (scale_x, drift_prior_cov(bowl.H0, drift_cov))
+    post = _fit_mixture(w, y, groups, n_groups, prior_mean, prior_cov, bowl, None, window, drift)
     if bowl.k_sd > 0:
         # The asymmetry term is centred on the symmetric bowl's bottom, where the curvature
         # prior was measured: centred on the law's point instead, a law that is off by δ would
         # need a curvature 3kδ away from the prior's to fit the same landscape.
         u_ref = float(post.optimum()[0])
-        post = _fit_mixture(w, y, groups, n_groups, prior_mean, prior_cov, bowl, u_ref, window)
+        post = _fit_mixture(
+            w, y, groups, n_groups, prior_mean, prior_cov, bowl, u_ref, window, drift
+        )
     return post
 
 
@@ -458,16 +539,21 @@ def _fit_mixture(
     bowl: BowlPrior,
     u_ref: float | None,
     window: tuple[float, float],
+    drift: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> BowlPosterior:
     """The bowl under the law-error mixture of ``bowl`` (one fit per width, averaged), with the
-    weight window ``window`` (:func:`window_widening`'s, computed once by :func:`fit_bowl`)."""
+    weight window ``window`` (:func:`window_widening`'s, computed once by :func:`fit_bowl`) and
+    ``drift`` = (scale_x, prior covariance of G) when the bottom moves with scale."""
     widths, prior_w = np.asarray(bowl.law_widths, float), np.asarray(bowl.law_weights, float)
-    data = _weighted_design(w, y, groups, n_groups, window, u_ref)
+    scale_x = None if drift is None else drift[0]
+    data = _weighted_design(w, y, groups, n_groups, window, u_ref, scale_x)
     means, covs, evidence = _fit_widths(
-        data, y, groups, n_groups, prior_mean, prior_cov, widths, bowl, u_ref
+        data, y, groups, n_groups, prior_mean, prior_cov, widths, bowl, u_ref, drift
     )
     if len(widths) == 1:
-        return BowlPosterior(means[0], covs[0], n_groups, bowl.min_eig, u_ref=u_ref, window=window)
+        return BowlPosterior(
+            means[0], covs[0], n_groups, bowl.min_eig, u_ref=u_ref, window=window, scale_x=scale_x
+        )
     # Bayesian model averaging over the law's error width: weights ∝ p_c · evidence_c, the
     # mixture moment-matched to one Gaussian over θ.
     log_w = np.log(prior_w / prior_w.sum()) + evidence
@@ -478,7 +564,7 @@ def _fit_mixture(
     cov = np.einsum("m,mij->ij", post_w, covs) + np.einsum("m,mi,mj->ij", post_w, spread, spread)
     cov = 0.5 * (cov + cov.T)
     return BowlPosterior(
-        mean, cov, n_groups, bowl.min_eig, tuple(float(x) for x in post_w), u_ref, window
+        mean, cov, n_groups, bowl.min_eig, tuple(float(x) for x in post_w), u_ref, window, scale_x
     )
 
 
@@ -509,13 +595,14 @@ def _weighted_design(
     n_groups: int,
     window: tuple[float, float],
     u_ref: float | None = None,
+    scale_x: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(design rows, weights) of the observations, ``None`` without any: the part of the fit
     that does not depend on the prior."""
     if not len(y):
         return None
     gap = _gaps(y, groups, n_groups)
-    return features(w, groups, n_groups, u_ref), gap_weights(gap, *window)
+    return features(w, groups, n_groups, u_ref, scale_x), gap_weights(gap, *window)
 
 
 def _fit_widths(
@@ -528,12 +615,14 @@ def _fit_widths(
     widths: np.ndarray,
     bowl: BowlPrior,
     u_ref: float | None = None,
+    drift: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(posterior means m×k, covariances m×k×k, log evidences m) of the bowl under each of the
     Gaussian priors on w* with covariance ``widths[i] · prior_cov``; the evidence is that of the
     weighted observations the fit uses. The widths are solved together, as one batch."""
     h0 = bowl.H0
-    k = n_groups + 5 + (u_ref is not None)
+    n_drift = 0 if drift is None else 4
+    k = n_groups + 5 + (u_ref is not None) + n_drift
     m = len(widths)
     theta0 = np.zeros(k)
     # Offsets: centred on each group's best value, weak (ln-loss units, variance 1).
@@ -554,6 +643,10 @@ def _fit_widths(
     prior_cov0[:, b, b] = widths[:, None, None] * b_cov
     prec0 = np.repeat(np.diag(1.0 / prior_var)[None], m, axis=0)
     prec0[:, b, b] = np.linalg.inv(b_cov)[None] / widths[:, None, None]
+    if drift is not None:  # G ~ N(0, L S_Γ Lᵀ), the same under every law width
+        d = slice(k - n_drift, k)
+        prior_cov0[:, d, d] = drift[1]
+        prec0[:, d, d] = np.linalg.inv(drift[1])
     rhs0 = prec0 @ theta0
 
     log_evidence = np.zeros(m)

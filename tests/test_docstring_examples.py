@@ -15,6 +15,7 @@ MODULES = [
     "steplaw_opt.space",
     "steplaw_opt.trainer",
     "steplaw_opt.priors._law",
+    "steplaw_opt.priors._prior",
     "steplaw_opt.samplers._plateau",
     "steplaw_opt.samplers._study",
     "steplaw_opt.objectives._callable",

@@ -1,0 +1,201 @@
+"""The bowl's drift terms: a bottom that moves with scale, w*_s = w* + Γ x_s."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from steplaw_opt import SteplawInputError
+from steplaw_opt.landscape import BowlPrior, drift_prior_cov, features, fit_bowl
+from steplaw_opt.priors import drift_covariance, load_law
+
+H = np.array([[0.008, -0.002], [-0.002, 0.006]])
+SYMMETRIC = dataclasses.replace(BowlPrior.default(), k_sd=0.0, noise_sd=2e-4)
+# Group 0 is the target; groups 1–3 are proxies at smaller N and D (ln units below the target).
+SCALE_X = np.array([[0.0, 0.0], [-1.0, -2.0], [-2.0, -3.0], [-1.0, -4.0]])
+PRIOR = {"prior_mean": np.zeros(2), "prior_cov": np.eye(2) * 0.1}
+
+
+def _proxy_runs(rng, bottom_of, groups=(1, 2, 3), n=40, noise=2e-4):
+    ws, ys, gs = [], [], []
+    for g in groups:
+        w_star = bottom_of(g)
+        w = w_star + rng.uniform(-0.7, 0.7, size=(n, 2))
+        d = w - w_star
+        ws.append(w)
+        ys.append(1.0 + 0.1 * g + np.einsum("ni,ij,nj->n", d, H, d) + rng.normal(0, noise, n))
+        gs.append(np.full(n, g))
+    return np.concatenate(ws), np.concatenate(ys), np.concatenate(gs)
+
+
+def test_features_append_the_drift_columns_after_the_bowl():
+    w = np.array([[0.5, -0.25], [1.0, 2.0]])
+    phi = features(w, np.array([1, 2]), 4, scale_x=SCALE_X)
+    assert phi.shape == (2, 4 + 5 + 4)
+    np.testing.assert_allclose(phi[0, -4:], [0.5 * -1, 0.5 * -2, -0.25 * -1, -0.25 * -2])
+    np.testing.assert_allclose(phi[1, -4:], [1.0 * -2, 1.0 * -3, 2.0 * -2, 2.0 * -3])
+    np.testing.assert_allclose(phi[:, :-4], features(w, np.array([1, 2]), 4))
+
+
+def test_drift_prior_cov_maps_gamma_to_the_linear_term():
+    # A bottom moved by Γx changes the linear term by −2HΓx: vec G = −2 (H ⊗ I) vec Γ.
+    rng = np.random.default_rng(0)
+    s_gamma = np.diag([0.01, 0.02, 0.03, 0.04])
+    gammas = rng.multivariate_normal(np.zeros(4), s_gamma, size=20000).reshape(-1, 2, 2)
+    gs = (-2.0 * H @ gammas).reshape(-1, 4)
+    np.testing.assert_allclose(np.cov(gs.T), drift_prior_cov(H, s_gamma), atol=2e-6)
+
+
+def test_scale_x_and_drift_cov_go_together_and_are_checked():
+    w, y, g = _proxy_runs(np.random.default_rng(1), lambda s: np.zeros(2))
+    cov = np.eye(4) * 0.005
+    with pytest.raises(SteplawInputError, match="both or neither"):
+        fit_bowl(w, y, g, 4, **PRIOR, scale_x=SCALE_X)
+    with pytest.raises(SteplawInputError, match="4×2"):
+        fit_bowl(w, y, g, 4, **PRIOR, scale_x=SCALE_X[:3], drift_cov=cov)
+    bad = SCALE_X.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(SteplawInputError, match="finite"):
+        fit_bowl(w, y, g, 4, **PRIOR, scale_x=bad, drift_cov=cov)
+
+
+def test_every_group_at_the_target_scale_is_the_drift_free_fit():
+    w, y, g = _proxy_runs(np.random.default_rng(2), lambda s: np.array([0.2, -0.1]))
+    plain = fit_bowl(w, y, g, 4, **PRIOR)
+    zero = fit_bowl(w, y, g, 4, **PRIOR, scale_x=np.zeros((4, 2)), drift_cov=np.eye(4))
+    assert zero.scale_x is None and zero.drift() is None
+    np.testing.assert_array_equal(plain.mean, zero.mean)
+    np.testing.assert_array_equal(plain.cov, zero.cov)
+
+
+def test_a_drift_the_proxies_agree_on_is_carried_to_the_target():
+    gamma = np.array([[-0.06, 0.05], [0.04, -0.05]])  # rows u, v; columns ln N, ln D
+    w_target = np.array([0.3, -0.2])
+    w, y, g = _proxy_runs(np.random.default_rng(3), lambda s: w_target + gamma @ SCALE_X[s])
+    cov = drift_covariance(load_law("step-law"))
+    post = fit_bowl(w, y, g, 4, **PRIOR, bowl=SYMMETRIC, scale_x=SCALE_X, drift_cov=cov)
+    np.testing.assert_allclose(post.drift(), gamma, atol=0.015)
+    np.testing.assert_allclose(post.optimum(), w_target, atol=0.05)
+    # Without the drift terms the proxies' bottoms are averaged and the target's is missed.
+    plain = fit_bowl(w, y, g, 4, **PRIOR, bowl=SYMMETRIC)
+    assert np.linalg.norm(plain.optimum() - w_target) > 2 * np.linalg.norm(
+        post.optimum() - w_target
+    )
+
+
+def test_drift_free_proxies_still_transfer_with_an_honestly_wider_interval():
+    w_star = np.array([-0.25, 0.15])
+    w, y, g = _proxy_runs(np.random.default_rng(4), lambda s: w_star)
+    cov = drift_covariance(load_law("step-law"))
+    post = fit_bowl(w, y, g, 4, **PRIOR, bowl=SYMMETRIC, scale_x=SCALE_X, drift_cov=cov)
+    plain = fit_bowl(w, y, g, 4, **PRIOR, bowl=SYMMETRIC)
+    np.testing.assert_allclose(post.optimum(), w_star, atol=0.05)
+    np.testing.assert_allclose(post.drift(), 0.0, atol=0.02)
+    rng = np.random.default_rng(5)
+    spread = post.sample_optima(rng, 4000).std(axis=0)
+    assert np.all(spread > plain.sample_optima(rng, 4000).std(axis=0))
+
+
+def test_proxies_at_one_scale_cannot_pin_the_drift_so_the_prior_bounds_the_move():
+    # One proxy scale: its bottom is w* + Γx, and only the prior on Γ splits the two. The
+    # target's bottom stays between the law's point and the proxy's, not beyond either.
+    w_proxy = np.array([0.4, -0.3])
+    w, y, g = _proxy_runs(np.random.default_rng(6), lambda s: w_proxy, groups=(2,))
+    cov = drift_covariance(load_law("step-law"))
+    post = fit_bowl(w, y, g, 4, **PRIOR, bowl=SYMMETRIC, scale_x=SCALE_X, drift_cov=cov)
+    target = post.optimum()
+    assert np.all(np.abs(target) <= np.abs(w_proxy) + 1e-9)
+    assert np.all(np.sign(target) == np.sign(w_proxy))
+
+
+# ------------------------------------------------------------------------ through a study
+def _proxy_study(gamma: np.ndarray, w_target: np.ndarray, target):
+    import itertools
+
+    import optuna
+
+    from steplaw_opt import Scale
+    from steplaw_opt.space import LawSpace
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = LawSpace(load_law("step-law"), "sequences", target.seq_len)
+    dist = {
+        "lr": optuna.distributions.FloatDistribution(1e-6, 1.0, log=True),
+        "batch_size": optuna.distributions.FloatDistribution(1.0, 1e6, log=True),
+    }
+    study = optuna.create_study()
+    steps = (-0.6, -0.3, 0.0, 0.3, 0.6)
+    for g, x in enumerate(SCALE_X[1:], start=1):
+        proxy = Scale(N=target.N * np.exp(x[0]), D=target.D * np.exp(x[1]), seq_len=target.seq_len)
+        w_star = w_target + gamma @ x
+        for du, dv in itertools.product(steps, steps):
+            d = np.array([du, dv])
+            lr, batch = space.from_uv(*(w_star + d), proxy)
+            attrs = {"steplaw.N": proxy.N, "steplaw.D": proxy.D, "steplaw.seq_len": proxy.seq_len}
+            value = float(np.exp(1.0 + 0.1 * g + d @ H @ d))
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params={"lr": lr, "batch_size": batch},
+                    distributions=dist,
+                    value=value,
+                    user_attrs=attrs,
+                )
+            )
+    return study
+
+
+def test_the_sampler_carries_the_proxies_drift_to_the_target_only_when_asked():
+    from steplaw_opt import Scale
+    from steplaw_opt.samplers import PlateauSampler, refined_optimum
+
+    target = Scale(N=1e9, D=1e11, seq_len=2048)
+    gamma = np.array([[-0.06, 0.05], [0.04, -0.05]])
+    w_target = np.array([0.3, -0.2])
+    study = _proxy_study(gamma, w_target, target)
+    errors = {}
+    for drift in (False, True):
+        opt = refined_optimum(study, sampler=PlateauSampler(target, drift=drift))
+        errors[drift] = float(np.hypot(opt.u - w_target[0], opt.v - w_target[1]))
+    assert errors[True] < 0.06 < 2 * errors[True] < errors[False]
+
+
+def test_drift_leaves_a_single_scale_study_as_it_was():
+    from steplaw_opt import Scale
+    from steplaw_opt.samplers import PlateauSampler, refined_optimum
+
+    target = Scale(N=1e9, D=1e11, seq_len=2048)
+    study = _proxy_study(np.zeros((2, 2)), np.array([0.2, 0.1]), target)
+    one_scale = [
+        t
+        for t in study.trials
+        if t.user_attrs["steplaw.D"] == study.trials[0].user_attrs["steplaw.D"]
+    ]
+    single = __import__("optuna").create_study()
+    for t in one_scale:
+        single.add_trial(t)
+    proxy = Scale(
+        N=one_scale[0].user_attrs["steplaw.N"], D=one_scale[0].user_attrs["steplaw.D"], seq_len=2048
+    )
+    plain = refined_optimum(single, sampler=PlateauSampler(proxy))
+    drifting = refined_optimum(single, sampler=PlateauSampler(proxy, drift=True))
+    assert (plain.lr, plain.batch_tokens) == (drifting.lr, drifting.batch_tokens)
+
+
+def test_drift_must_be_a_bool():
+    from steplaw_opt import Scale
+    from steplaw_opt.samplers import PlateauSampler
+
+    with pytest.raises(SteplawInputError, match="drift must be True or False, got 'yes'"):
+        PlateauSampler(Scale(N=1e9, D=1e11), drift="yes")  # type: ignore[arg-type]
+
+
+def test_each_scale_has_its_own_bottom_and_offset_there():
+    gamma = np.array([[-0.06, 0.05], [0.04, -0.05]])
+    w_target = np.array([0.3, -0.2])
+    w, y, g = _proxy_runs(np.random.default_rng(3), lambda s: w_target + gamma @ SCALE_X[s])
+    cov = drift_covariance(load_law("step-law"))
+    post = fit_bowl(w, y, g, 4, **PRIOR, bowl=SYMMETRIC, scale_x=SCALE_X, drift_cov=cov)
+    for s in (1, 2, 3):
+        np.testing.assert_allclose(post.optimum_at(s), w_target + gamma @ SCALE_X[s], atol=0.06)
+        assert post.offset(s) == pytest.approx(1.0 + 0.1 * s, abs=1e-3)
+    np.testing.assert_array_equal(post.optimum_at(0), post.optimum())
