@@ -121,8 +121,9 @@ def drift_covariance(
     [0.078, 0.075, 0.067, 0.07]
     """
     a_lr, a_b = (float(x) for x in allowance_sd)
-    if not all(math.isfinite(a) and a >= 0 for a in (a_lr, a_b)):
-        raise SteplawInputError(f"drift allowance must be non-negative sds, got {allowance_sd!r}")
+    if not all(math.isfinite(a) and a > 0 for a in (a_lr, a_b)):
+        # Zero would leave Γ's prior singular wherever the card has no covariance for a term.
+        raise SteplawInputError(f"drift allowance must be positive sds, got {allowance_sd!r}")
     cov = np.diag([a_lr**2, a_lr**2, a_b**2, a_b**2])
     c = law.covariance
     if c is not None:

@@ -460,8 +460,16 @@ class BoTorchPlateauSampler(PlateauSampler):
     ) -> tuple[np.ndarray, np.ndarray, float]:
         """(w, f = −y, best f) in the model's units: per-scale offsets removed, clipped, failures
         imputed at the ceiling."""
-        offsets = posterior.mean[: posterior.n_groups]
-        y = hist.y - (offsets[hist.groups] - offsets[group])
+        if posterior.scale_x is None:
+            offsets = posterior.mean[: posterior.n_groups]
+            y = hist.y - (offsets[hist.groups] - offsets[group])
+        else:  # with drift terms the scales differ by more than an offset: by the bowl's
+            # own difference at each run's w
+            y = hist.y.copy()
+            for g in np.unique(hist.groups):
+                at = hist.groups == g
+                y[at] -= posterior.predict(hist.w[at], int(g))[0]
+                y[at] += posterior.predict(hist.w[at], group)[0]
         best = float(np.min(y))
         ceiling = best + self._clip
         y = np.minimum(y, ceiling)

@@ -567,13 +567,18 @@ class PlateauSampler(BaseSampler):
         posterior: BowlPosterior | None,
         box: np.ndarray,
         rng: np.random.Generator,
+        group: int | None = None,
     ) -> tuple[TrustRegion, np.ndarray | None]:
         """The prior's region, re-centred on the posterior optimum and shrunk to its spread
-        (never wider than the prior's, never excluding the best point seen)."""
+        (never wider than the prior's, never excluding the best point seen). ``group``: a
+        proxy scale whose bottom the drift terms move (:meth:`BowlPosterior.shift`); the
+        target's region otherwise."""
         region = TrustRegion(self._prior.mean, self._prior.cov, self._radius2, box)
         if posterior is None or len(hist.y) == 0:
             return region, None
         draws = posterior.sample_optima(rng, 256)
+        if group is not None:
+            draws = draws + posterior.shift(group)
         inside = region.contains(draws)
         if inside.sum() < 16:
             return region.recentred(region.center, region.shape, keep=hist.best_w), draws
@@ -653,7 +658,7 @@ class PlateauSampler(BaseSampler):
         # once the lattice is done, and always decides the refined optimum.
         mapping = self._mapping(hist)
         posterior = self.fit(hist, law_width_only=mapping) if len(hist.y) else None
-        region, _ = self.trust_region(hist, posterior, box, rng)
+        region, _ = self.trust_region(hist, posterior, box, rng, group)
         belief["trust_center"] = region.center.tolist()
         belief["trust_radius_sd"] = float(math.sqrt(region.radius2))
         if posterior is not None:
@@ -663,7 +668,7 @@ class PlateauSampler(BaseSampler):
                 # incumbent at its scale — its loss offset is unknown, so expected improvement
                 # would only chase that offset's variance. It goes where the pooled model puts
                 # the optimum, as the law's point opens a study (unless another worker runs it).
-                w = region.clip_to_box(bottom_in_region(posterior, region))
+                w = region.clip_to_box(bottom_in_region(posterior, region, group))
                 # ... unless that is behind a wall (a failure above the best run's lr): there
                 # the proposals below choose among the candidates the walls leave.
                 blocked = self._too_close(w[None], taken, coarse=False)[0]
@@ -723,7 +728,7 @@ class PlateauSampler(BaseSampler):
             return candidates[int(np.argmax(ei))], "ei", belief
         theta = posterior.sample_theta(rng, 1)[0]
         draw_post = dataclasses.replace(posterior, mean=theta)
-        target = draw_post.optimum()
+        target = draw_post.optimum_at(group)
         return self._nearest(candidates, target, draw_post.hessian), "thompson", belief
 
     def _kept(self, hist: _History, group: int) -> bool:

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 
 
-def bottom_in_region(posterior: Any, region: Any) -> np.ndarray:
-    """The bowl's bottom, or, when it lies outside the trusted region (a slope that keeps
-    falling towards a bound, say), the bowl's lowest point inside the region."""
-    w = posterior.optimum()
+def bottom_in_region(posterior: Any, region: Any, group: int | None = None) -> np.ndarray:
+    """The bowl's bottom (at ``group``'s scale, when given: the drift terms move it), or, when
+    it lies outside the trusted region (a slope that keeps falling towards a bound, say), the
+    bowl's lowest point inside the region."""
+    w = posterior.optimum() if group is None else posterior.optimum_at(group)
     if region.contains(w)[0]:
         return w
     return constrained_argmin(region, w, posterior.hessian)

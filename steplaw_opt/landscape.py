@@ -385,10 +385,15 @@ class BowlPosterior:
     def optimum_at(self, group: int) -> np.ndarray:
         r"""w* at ``group``'s scale: :meth:`optimum` moved by the drift, :math:`w^* + \Gamma
         x_s` (the target's own without drift terms)."""
+        return self.optimum() + self.shift(group)
+
+    def shift(self, group: int) -> np.ndarray:
+        r"""How far ``group``'s bottom lies from the target's, :math:`\Gamma x_s` at the
+        posterior mean (zero without drift terms)."""
         gamma = self.drift()
         if gamma is None or self.scale_x is None:
-            return self.optimum()
-        return self.optimum() + gamma @ self.scale_x[group]
+            return np.zeros(2)
+        return gamma @ self.scale_x[group]
 
     def offset(self, group: int) -> float:
         """ln L at the bowl's bottom for ``group`` (at that scale's bottom)."""
@@ -483,7 +488,9 @@ def fit_bowl(
     \ln D_t)`) and ``drift_cov`` (4 × 4, the prior covariance of :math:`\mathrm{vec}\,\Gamma`,
     row-major over (u, v) × (ln N, ln D)) give the bowl a bottom that moves with scale,
     :math:`w^*_s = w^* + \Gamma x_s`: runs at other scales then inform the target's bottom
-    only as far as the prior on Γ lets their offsets carry (:func:`drift_prior_cov`). Without
+    only as far as the prior on Γ lets their offsets carry (:func:`drift_prior_cov`, mapped
+    through the prior curvature :math:`H_0`, so that the fit stays linear: where the fitted
+    curvature :math:`A` differs, the prior in force on Γ is scaled by :math:`A^{-1} H_0`). Without
     them (or when every group is the target's scale) the bottom is shared by all scales.
     """
     bowl = bowl or BowlPrior.default()
@@ -502,6 +509,11 @@ def fit_bowl(
             raise SteplawInputError(
                 f"scale_x must be a finite {n_groups}×2 array, got shape {scale_x.shape}"
             )
+        drift_cov = np.asarray(drift_cov, dtype=float)
+        if drift_cov.shape != (4, 4) or not np.all(np.isfinite(drift_cov)):
+            raise SteplawInputError(f"drift_cov must be a finite 4×4 array, got {drift_cov.shape}")
+        if np.linalg.eigvalsh(0.5 * (drift_cov + drift_cov.T)).min() <= 0:
+            raise SteplawInputError("drift_cov must be positive definite")
         if not np.any(scale_x):  # every group at the target's scale: nothing to drift
             scale_x = drift_cov = None
     if curvature_scale == "auto":

@@ -199,3 +199,37 @@ def test_each_scale_has_its_own_bottom_and_offset_there():
         np.testing.assert_allclose(post.optimum_at(s), w_target + gamma @ SCALE_X[s], atol=0.06)
         assert post.offset(s) == pytest.approx(1.0 + 0.1 * s, abs=1e-3)
     np.testing.assert_array_equal(post.optimum_at(0), post.optimum())
+
+
+def test_a_singular_drift_prior_is_refused():
+    w, y, g = _proxy_runs(np.random.default_rng(7), lambda s: np.zeros(2))
+    with pytest.raises(SteplawInputError, match="drift_cov must be positive definite"):
+        fit_bowl(w, y, g, 4, **PRIOR, scale_x=SCALE_X, drift_cov=np.diag([1.0, 1.0, 1.0, 0.0]))
+    with pytest.raises(SteplawInputError, match="drift allowance must be positive sds"):
+        drift_covariance(load_law("step-law"), allowance_sd=(0.0, 0.067))
+
+
+def test_proposals_at_a_proxy_scale_aim_at_that_scales_bottom():
+    from steplaw_opt import Scale
+    from steplaw_opt.samplers import PlateauSampler
+    from steplaw_opt.samplers._region import bottom_in_region
+
+    target = Scale(N=1e9, D=1e11, seq_len=2048)
+    gamma = np.array([[-0.06, 0.05], [0.04, -0.05]])
+    study = _proxy_study(gamma, np.array([0.3, -0.2]), target)
+    sampler = PlateauSampler(target, drift=True)
+    hist = sampler.history(study)
+    posterior = sampler.fit(hist)
+    box = np.array([[-3.0, -3.0], [3.0, 3.0]])
+    for group in range(len(hist.group_scales)):
+        rng = np.random.default_rng(0)
+        region, _ = sampler.trust_region(hist, posterior, box, rng, group)
+        shift = posterior.shift(group)
+        assert region.contains(posterior.optimum_at(group))[0]
+        np.testing.assert_allclose(
+            bottom_in_region(posterior, region, group), posterior.optimum_at(group)
+        )
+        if np.linalg.norm(shift) > 0.1:  # the region follows the scale's bottom
+            target_region, _ = sampler.trust_region(hist, posterior, box, rng)
+            moved = region.center - target_region.center
+            np.testing.assert_allclose(moved, shift, atol=0.05)
