@@ -97,8 +97,10 @@ class Prior:
 #: sd 0.067. Labs that trained different models on different data disagree by this much.
 DRIFT_ALLOWANCE_SD = (0.072, 0.067)  # (lr rows, batch rows)
 
-# How a law variable's logarithm moves with (ln N, ln D): C = 6ND or M·D with M ∝ N.
-_LN_SLOPES = {"N": (1.0, 0.0), "D": (0.0, 1.0), "C": (1.0, 1.0)}
+# How a law variable's logarithm moves with (ln N, ln D): M (FLOPs per token) ∝ N to first
+# order, C = 6ND or M·D. A target loss L has no fixed slope: its exponent's uncertainty is not
+# carried (the allowance still is).
+_LN_SLOPES = {"N": (1.0, 0.0), "D": (0.0, 1.0), "M": (1.0, 0.0), "C": (1.0, 1.0)}
 
 
 def drift_covariance(

@@ -533,10 +533,10 @@ class PlateauSampler(BaseSampler):
             bowl = dataclasses.replace(bowl, law_widths=(1.0,), law_weights=(1.0,))
         if noise_sd is not None:
             bowl = dataclasses.replace(bowl, noise_sd=noise_sd)
-        scale_x = drift_cov = None
-        if self._drift_cov is not None and hist.group_scales:
-            scale_x = self._scale_x(hist, n)
-            drift_cov = self._drift_cov
+        # No drift terms: scale_x None. A study at one scale gets an all-zero scale_x, which
+        # fit_bowl drops, so it is fitted as without drift.
+        drift_cov = self._drift_cov
+        scale_x = None if drift_cov is None else self._scale_x(hist, n)
         return fit_bowl(
             hist.w,
             hist.y,

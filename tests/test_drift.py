@@ -160,6 +160,8 @@ def test_the_sampler_carries_the_proxies_drift_to_the_target_only_when_asked():
 
 
 def test_drift_leaves_a_single_scale_study_as_it_was():
+    import optuna
+
     from steplaw_opt import Scale
     from steplaw_opt.samplers import PlateauSampler, refined_optimum
 
@@ -170,7 +172,7 @@ def test_drift_leaves_a_single_scale_study_as_it_was():
         for t in study.trials
         if t.user_attrs["steplaw.D"] == study.trials[0].user_attrs["steplaw.D"]
     ]
-    single = __import__("optuna").create_study()
+    single = optuna.create_study()
     for t in one_scale:
         single.add_trial(t)
     proxy = Scale(
