@@ -83,6 +83,21 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+#: The drift prior may be a scale mixture, Γ ~ Σ_d q_d N(0, d·S_Γ), the marginal likelihood of
+#: the runs weighing the parts. The default is S_Γ alone
+#: (:func:`~steplaw_opt.priors.drift_covariance`: how far published laws disagree along the
+#: compute-optimal line D ∝ N, where all of them were fitted; sd ~0.07 per ln unit).
+#: :data:`WIDE_DRIFT` adds a part four times as wide: along one axis at a time the laws
+#: disagree about that much (at fixed N, d ln lr*/d ln D is +0.31 for the Step Law, 0 for
+#: Porian et al. and Kaplan et al., −0.125 for DeepSeek; d ln B*/d ln D 0.571, 0, 0.327). Measured
+#: (``steplaw-opt bench --proxy``, docs/bench.md): the wide part follows landscapes whose error
+#: drifts strongly a little better, but proxies at one or two nearby scales cannot tell a drift
+#: from a constant offset, and there it kept the target near the law (the built-in trainer's
+#: demo: 5.9 % below the law's loss instead of 24 %), so it is not the default.
+DRIFT_WIDTHS: tuple[float, ...] = (1.0,)
+DRIFT_WEIGHTS: tuple[float, ...] = (1.0,)
+WIDE_DRIFT = {"drift_widths": (1.0, 16.0), "drift_weights": (0.5, 0.5)}
+
 
 @dataclass(frozen=True)
 class BowlPrior:
@@ -107,6 +122,9 @@ class BowlPrior:
     # The law's error as a scale mixture: w* ~ Σ_c p_c N(μ, c·Σ) (see fit_bowl).
     law_widths: tuple[float, ...] = (1.0,)
     law_weights: tuple[float, ...] = (1.0,)
+    # The drift's prior as a scale mixture too: Γ ~ Σ_d q_d N(0, d·S_Γ) (when drift is on).
+    drift_widths: tuple[float, ...] = DRIFT_WIDTHS
+    drift_weights: tuple[float, ...] = DRIFT_WEIGHTS
     # The cliff's asymmetry: k · asymmetry(u − u_ref), k ~ N(k_mean, k_sd²); k_sd = 0: none.
     k_mean: float = 0.0
     k_sd: float = 0.0
@@ -139,6 +157,8 @@ class BowlPrior:
             wide_cut=float(data.get("wide_cut", 0.05)),
             law_widths=tuple(float(x) for x in data.get("law_error_widths", [1.0])),
             law_weights=tuple(float(x) for x in data.get("law_error_weights", [1.0])),
+            drift_widths=tuple(float(x) for x in data.get("drift_widths", DRIFT_WIDTHS)),
+            drift_weights=tuple(float(x) for x in data.get("drift_weights", DRIFT_WEIGHTS)),
             k_mean=float(data.get("k_mean", 0.0)),
             k_sd=float(data.get("k_sd", 0.0)),
             measured_noise_sd=(
@@ -524,9 +544,18 @@ def fit_bowl(
         # asymmetry says nothing here, and scaled up it bent the built-in trainer's bowl so far
         # that its bottom went to a corner of the bounds. A symmetric bowl there.
         bowl = dataclasses.replace(bowl, k_sd=0.0)
-    widths, prior_w = np.asarray(bowl.law_widths, float), np.asarray(bowl.law_weights, float)
-    if len(widths) != len(prior_w) or np.any(widths <= 0) or np.any(prior_w <= 0):
-        raise SteplawInputError("law_widths and law_weights must be positive and of one length")
+    for name in ("law", "drift"):
+        widths = np.asarray(getattr(bowl, f"{name}_widths"), float)
+        prior_w = np.asarray(getattr(bowl, f"{name}_weights"), float)
+        if (
+            not len(widths)
+            or len(widths) != len(prior_w)
+            or np.any(widths <= 0)
+            or np.any(prior_w <= 0)
+        ):
+            raise SteplawInputError(
+                f"{name}_widths and {name}_weights must be positive and of one length"
+            )
     window = _window(y, groups, n_groups, bowl)
     drift = None if scale_x is None else (scale_x, drift_prior_cov(bowl.H0, drift_cov))
     post = _fit_mixture(w, y, groups, n_groups, prior_mean, prior_cov, bowl, None, window, drift)
@@ -555,12 +584,19 @@ def _fit_mixture(
 ) -> BowlPosterior:
     """The bowl under the law-error mixture of ``bowl`` (one fit per width, averaged), with the
     weight window ``window`` (:func:`window_widening`'s, computed once by :func:`fit_bowl`) and
-    ``drift`` = (scale_x, prior covariance of G) when the bottom moves with scale."""
+    ``drift`` = (scale_x, prior covariance of G) when the bottom moves with scale; with drift,
+    one fit per pair of a law width and a drift width (``bowl.drift_widths``)."""
     widths, prior_w = np.asarray(bowl.law_widths, float), np.asarray(bowl.law_weights, float)
+    drift_scales = None
+    if drift is not None:
+        d_widths = np.asarray(bowl.drift_widths, float)
+        d_w = np.asarray(bowl.drift_weights, float)
+        widths, drift_scales = np.repeat(widths, len(d_widths)), np.tile(d_widths, len(prior_w))
+        prior_w = np.outer(prior_w / prior_w.sum(), d_w / d_w.sum()).ravel()
     scale_x = None if drift is None else drift[0]
     data = _weighted_design(w, y, groups, n_groups, window, u_ref, scale_x)
     means, covs, evidence = _fit_widths(
-        data, y, groups, n_groups, prior_mean, prior_cov, widths, bowl, u_ref, drift
+        data, y, groups, n_groups, prior_mean, prior_cov, widths, bowl, u_ref, drift, drift_scales
     )
     if len(widths) == 1:
         return BowlPosterior(
@@ -628,10 +664,13 @@ def _fit_widths(
     bowl: BowlPrior,
     u_ref: float | None = None,
     drift: tuple[np.ndarray, np.ndarray] | None = None,
+    drift_scales: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(posterior means m×k, covariances m×k×k, log evidences m) of the bowl under each of the
     Gaussian priors on w* with covariance ``widths[i] · prior_cov``; the evidence is that of the
-    weighted observations the fit uses. The widths are solved together, as one batch."""
+    weighted observations the fit uses; with ``drift``, component i's prior on G is
+    ``drift_scales[i]`` (1 when not given) times ``drift[1]``. The widths are solved together,
+    as one batch."""
     h0 = bowl.H0
     n_drift = 0 if drift is None else 4
     k = n_groups + 5 + (u_ref is not None) + n_drift
@@ -655,10 +694,11 @@ def _fit_widths(
     prior_cov0[:, b, b] = widths[:, None, None] * b_cov
     prec0 = np.repeat(np.diag(1.0 / prior_var)[None], m, axis=0)
     prec0[:, b, b] = np.linalg.inv(b_cov)[None] / widths[:, None, None]
-    if drift is not None:  # G ~ N(0, L S_Γ Lᵀ), the same under every law width
+    if drift is not None:  # G ~ N(0, c_i L S_Γ Lᵀ)
         d = slice(k - n_drift, k)
-        prior_cov0[:, d, d] = drift[1]
-        prec0[:, d, d] = np.linalg.inv(drift[1])
+        c = np.ones(m) if drift_scales is None else np.asarray(drift_scales, float)
+        prior_cov0[:, d, d] = c[:, None, None] * drift[1][None]
+        prec0[:, d, d] = np.linalg.inv(drift[1])[None] / c[:, None, None]
     rhs0 = prec0 @ theta0
 
     log_evidence = np.zeros(m)

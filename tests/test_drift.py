@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from steplaw_opt import SteplawInputError
-from steplaw_opt.landscape import BowlPrior, drift_prior_cov, features, fit_bowl
+from steplaw_opt.landscape import WIDE_DRIFT, BowlPrior, drift_prior_cov, features, fit_bowl
 from steplaw_opt.priors import drift_covariance, load_law
 
 H = np.array([[0.008, -0.002], [-0.002, 0.006]])
@@ -235,3 +235,48 @@ def test_proposals_at_a_proxy_scale_aim_at_that_scales_bottom():
             target_region, _ = sampler.trust_region(hist, posterior, box, rng)
             moved = region.center - target_region.center
             np.testing.assert_allclose(moved, shift, atol=0.05)
+
+
+# ------------------------------------------------------------- the drift prior's two widths
+WIDE = dataclasses.replace(SYMMETRIC, **WIDE_DRIFT)
+
+
+def _drift_errors(gamma: np.ndarray, seeds: int = 20) -> tuple[np.ndarray, np.ndarray, list]:
+    """Errors of the target's bottom under the narrow and the wide drift prior, few noisy runs
+    per proxy scale, and the wide fits' component weights."""
+    w_target = np.array([0.2, 0.1])
+    cov = drift_covariance(load_law("step-law"))
+    narrow, wide, weights = [], [], []
+    for seed in range(seeds):
+        w, y, g = _proxy_runs(
+            np.random.default_rng(seed), lambda s: w_target + gamma @ SCALE_X[s], n=10, noise=5e-4
+        )
+        a = fit_bowl(w, y, g, 4, **PRIOR, bowl=SYMMETRIC, scale_x=SCALE_X, drift_cov=cov)
+        b = fit_bowl(w, y, g, 4, **PRIOR, bowl=WIDE, scale_x=SCALE_X, drift_cov=cov)
+        narrow.append(np.linalg.norm(a.optimum() - w_target))
+        wide.append(np.linalg.norm(b.optimum() - w_target))
+        weights.append(b.width_weights)
+    return np.array(narrow), np.array(wide), weights
+
+
+def test_a_strong_trend_is_followed_better_through_the_wide_part_of_the_drift_prior():
+    """A drift of 0.3 per ln unit (four narrow sds): the wide mixture follows it closer."""
+    narrow, wide, weights = _drift_errors(np.array([[0.0, 0.3], [0.0, 0.25]]))
+    assert np.median(wide) < 0.85 * np.median(narrow)
+    assert np.mean(wide < narrow) > 0.6
+    # (law width, drift width) pairs, the drift width fastest: the wide parts carry it
+    assert np.median([w[1] + w[3] + w[5] for w in weights]) > 0.5
+
+
+def test_a_weak_trend_is_the_same_under_either_drift_prior():
+    narrow, wide, weights = _drift_errors(np.array([[-0.03, 0.02], [0.02, -0.03]]))
+    np.testing.assert_allclose(np.median(wide), np.median(narrow), rtol=0.05)
+    assert np.median([w[0] + w[2] + w[4] for w in weights]) > 0.5
+
+
+def test_drift_widths_and_weights_are_checked():
+    w, y, g = _proxy_runs(np.random.default_rng(10), lambda s: np.zeros(2))
+    cov = drift_covariance(load_law("step-law"))
+    bad = dataclasses.replace(WIDE, drift_weights=(1.0,))
+    with pytest.raises(SteplawInputError, match="drift_widths and drift_weights"):
+        fit_bowl(w, y, g, 4, **PRIOR, bowl=bad, scale_x=SCALE_X, drift_cov=cov)
