@@ -37,6 +37,30 @@ def test_target_runs_and_smaller_n():
     assert run_cost(Scale(N=2.5e8, D=1e10), TARGET) == pytest.approx(0.025)
 
 
+def test_a_ladder_of_allowed_scales_is_costed_by_n_times_d():
+    ladder = [
+        Scale(N=TARGET.N / 64, D=TARGET.D / 64),  # 1/4096 of the target's compute
+        Scale(N=TARGET.N / 16, D=TARGET.D / 16),  # 1/256
+        Scale(N=TARGET.N / 4, D=TARGET.D / 4),  # 1/16
+        Scale(N=TARGET.N / 2, D=TARGET.D * 2),  # as dear as the target: never a proxy
+        TARGET,
+    ]
+    plan = plan_proxies(TARGET, 0.25, allowed_scales=ladder)
+    costs = [s.cost for s in plan.stages]
+    assert costs == pytest.approx([1 / 4096, 1 / 256, 1 / 16])
+    assert [s.scale.N for s in plan.stages] == [TARGET.N / 64, TARGET.N / 16, TARGET.N / 4]
+    assert all(s.scale.seq_len == TARGET.seq_len for s in plan.stages)
+    assert plan.compute <= 0.25 + 1e-12
+    assert plan.compute == pytest.approx(sum(s.runs * s.cost for s in plan.stages))
+    # at least an equal share each (1/12 of the budget); leftovers to the dearest that fits
+    assert plan.stages[0].runs >= int(0.25 / 3 * 4096) and plan.stages[1].runs >= 21
+    assert plan.stages[2].runs == 1 and plan.compute > 0.25 - 1 / 4096
+    # allowed scales replace the token fractions and smaller_n
+    assert plan == plan_proxies(TARGET, 0.25, allowed_scales=ladder, smaller_n=True)
+    with pytest.raises(SteplawInputError, match="buys no run"):
+        plan_proxies(TARGET, 0.5, allowed_scales=ladder[3:])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [

@@ -60,6 +60,7 @@ def test_round_trip_through_the_stored_document() -> None:
         batch_multiple=8,
         round_batch="pow2",
         smaller_n=True,
+        drift=True,
         timeout_per_trial=30.0,
         heartbeat_interval=5,
         objective_spec={"kind": "command", "command": "train --lr {lr}"},
@@ -99,7 +100,7 @@ def test_the_stored_document_is_the_configs(tmp_path: Path) -> None:
     result = tune(TARGET, CallableObjective(bowl), config=config, storage=storage)
     study = optuna.load_study(study_name=result.study_name, storage=storage)
     stored = json.loads(study.user_attrs[ATTR_CONFIG])
-    assert stored == {**config.to_dict(), "allowed_tokens": None}
+    assert stored == {**config.to_dict(), "allowed_tokens": None, "allowed_scales": None}
 
 
 def test_keywords_and_keyword_form_give_the_same_study() -> None:
@@ -147,6 +148,7 @@ def test_config_and_setting_keywords_together_are_refused() -> None:
         ({"batch_multiple": 2.5}, "batch_multiple must be a positive integer, got 2.5"),
         ({"batch_multiple": np.int64(0)}, "batch_multiple must be a positive integer"),
         ({"smaller_n": "yes"}, "smaller_n must be True or False, got 'yes'"),
+        ({"drift": 1}, "drift must be True or False, got 1"),
         ({"timeout_per_trial": 0}, "timeout_per_trial must be a positive number of seconds"),
         ({"timeout_per_trial": "60"}, "timeout_per_trial must be a positive number of seconds"),
         ({"heartbeat_interval": "5"}, "heartbeat_interval must be a whole number of seconds"),
@@ -181,12 +183,13 @@ def test_numpy_scalars_are_stored_as_plain_python_numbers() -> None:
         batch_multiple=np.int64(8),
         round_batch=np.int64(64),
         smaller_n=np.bool_(True),
+        drift=np.bool_(True),
         timeout_per_trial=np.int64(30),
         heartbeat_interval=np.int64(5),
     )
     kinds = {
         "budget": float, "n_trials": int, "target_runs": int, "seed": int, "batch_multiple": int,
-        "round_batch": int, "smaller_n": bool, "timeout_per_trial": float,
+        "round_batch": int, "smaller_n": bool, "drift": bool, "timeout_per_trial": float,
         "heartbeat_interval": int,
     }  # fmt: skip
     for name, kind in kinds.items():
@@ -201,7 +204,7 @@ def test_numpy_scalars_are_stored_as_plain_python_numbers() -> None:
     assert TuneConfig.from_dict(doc) == config
     assert config == TuneConfig(budget=0.5, n_trials=7, seed=3, lr_bounds=(1e-4, 1e-2),
                                 batch_bounds=(2, 4096), batch_multiple=8, round_batch=64,
-                                smaller_n=True, timeout_per_trial=30.0,
+                                smaller_n=True, drift=True, timeout_per_trial=30.0,
                                 heartbeat_interval=5)  # fmt: skip
 
 
@@ -213,3 +216,19 @@ def test_a_document_with_whole_floats_rebuilds_integers() -> None:
     config = TuneConfig.from_dict(doc)
     assert (config.n_trials, config.seed, config.batch_multiple) == (7, 3, 8)
     assert type(config.batch_multiple) is int
+
+
+@pytest.mark.parametrize("drift", [False, True])
+def test_drift_reaches_the_sampler_of_the_study_and_of_every_worker(drift: bool) -> None:
+    config = TuneConfig(budget=0.5, drift=drift)
+    assert StudySetup.build(TARGET, config, None).sampler.drift is drift
+    rebuilt = TuneConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert StudySetup.build(TARGET, rebuilt, None).sampler.drift is drift
+    botorch = TuneConfig(budget=0.5, drift=drift, sampler="botorch")
+    assert StudySetup.build(TARGET, botorch, None).sampler.drift is drift
+
+
+def test_a_study_made_before_drift_existed_takes_the_default() -> None:
+    doc = TuneConfig(budget=0.5, drift=True).to_dict()
+    del doc["drift"]
+    assert TuneConfig.from_dict(doc).drift is False

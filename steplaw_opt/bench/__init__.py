@@ -6,12 +6,13 @@
   (a cubic, a quadratic, a Gaussian process), which one run's noise cannot flatter;
 - :mod:`~steplaw_opt.bench._shift` — shifted landscapes: the grids with the optimum moved by a
   known offset, so the law is wrong by a known amount;
-- :mod:`~steplaw_opt.bench._surface` — the cubic surface on the grid's cells (proxy mode) and
-  the reference walk;
+- :mod:`~steplaw_opt.bench._surface` — the cubic surface on the grid's cells and the reference
+  walk;
 - :mod:`~steplaw_opt.bench._runner` — ``steplaw-opt bench``: every method at budgets of k
   trials, side by side;
 - :mod:`~steplaw_opt.bench._proxy` — ``steplaw-opt bench --proxy``: proxy runs at cheaper
-  settings, scored at the target;
+  settings (of the target's N, or any N and D), scored at the target on the noise-free surfaces,
+  on released or shifted landscapes;
 - :mod:`~steplaw_opt.bench._report` — ``--report DIR``: a markdown page and PNG budget curves;
 - :mod:`~steplaw_opt.bench._startup` — ``steplaw-opt bench --startup``: the cold start of
   ``steplaw-opt predict`` against importing typer, rich and numpy, in the same run.

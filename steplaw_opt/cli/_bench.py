@@ -96,17 +96,52 @@ def bench(
         bool,
         typer.Option(
             "--proxy",
-            help="Proxy-run mode: target = largest D of each N, proxy runs at smaller D, "
-            "gap at the target vs proxy compute (budgets in target-run equivalents).",
+            help="Proxy-run mode: proxy runs at cheaper settings, the refined optimum scored at "
+            "the target vs proxy compute (budgets in target-run equivalents).",
         ),
     ] = False,
+    proxy_scales: Annotated[
+        str,
+        typer.Option(
+            "--proxy-scales",
+            help="With --proxy: 'same-n' (smaller D at the target's N) or 'cheaper' (every "
+            "cheaper setting of any N and D: a ladder across model size).",
+        ),
+    ] = "same-n",
+    max_proxy_cost: Annotated[
+        float,
+        typer.Option(
+            "--max-proxy-cost",
+            help="With --proxy-scales cheaper: each proxy setting's N·D at most this fraction of "
+            "the target's (0.0625: 1/16).",
+        ),
+    ] = 1.0,
+    drift: Annotated[
+        str,
+        typer.Option(
+            "--drift",
+            help="With --proxy: the sampler's drift terms off, on, or both side by side.",
+        ),
+    ] = "off",
 ) -> None:
     """Replay benchmark on the released grids: gap to each setting's best loss after k trials."""
     if startup:
         _bench_startup(repeat, as_json)
         return
     if proxy:
-        _bench_proxy(grid_csv, budgets, seeds, prior, as_json, target_runs, proxy_targets)
+        _bench_proxy(
+            grid_csv,
+            budgets,
+            seeds,
+            prior,
+            as_json,
+            target_runs,
+            proxy_targets,
+            shift=shift,
+            proxy_scales=proxy_scales,
+            max_proxy_cost=max_proxy_cost,
+            drift=drift,
+        )
         return
     from steplaw_opt.bench import _runner as bench_mod
 
@@ -178,8 +213,16 @@ def _bench_proxy(
     as_json: bool,
     target_runs: str = "1,2",
     targets: str = "largest",
+    *,
+    shift: str | None = None,
+    proxy_scales: str = "same-n",
+    max_proxy_cost: float = 1.0,
+    drift: str = "off",
 ) -> None:
+    import time
+
     from steplaw_opt.bench import _proxy as proxy_mod
+    from steplaw_opt.bench._runner import FULL_SHIFTS, parse_names
 
     try:
         budget_values = tuple(float(b) for b in (budgets or "0.25,0.5,1").split(","))
@@ -203,7 +246,24 @@ def _bench_proxy(
         raise SteplawInputError(f"--target-runs must be >= 0, got {target_runs!r}")
     if targets not in ("largest", "all"):
         raise SteplawInputError(f"--proxy-targets must be largest or all, got {targets!r}")
+    if proxy_scales not in proxy_mod.PROXY_SCALES:
+        raise SteplawInputError(f"--proxy-scales must be same-n or cheaper, got {proxy_scales!r}")
+    if not 0 < max_proxy_cost <= 1:
+        raise SteplawInputError(f"--max-proxy-cost must be in (0, 1], got {max_proxy_cost!r}")
+    drift_values = {"off": (False,), "on": (True,), "both": (False, True)}
+    if drift not in drift_values:
+        raise SteplawInputError(f"--drift must be off, on or both, got {drift!r}")
+    shifts = (
+        ("none",)
+        if shift is None
+        else (FULL_SHIFTS if shift == "all" else parse_names(shift, "--shift"))
+    )
+    start = time.perf_counter()
     config = proxy_mod.ProxyBenchConfig(
+        shifts=shifts,
+        drift=drift_values[drift],
+        proxy_scales=proxy_scales,
+        max_proxy_cost=max_proxy_cost,
         targets=targets,
         target_runs=k_values,
         grid_path=grid_csv,
@@ -212,12 +272,18 @@ def _bench_proxy(
         priors=("published", "loo") if prior == "both" else (prior,),
     )
     runs = proxy_mod.run_proxy_bench(config)
+    seconds = time.perf_counter() - start
     if as_json:
         summary = proxy_mod.summarise(runs)
-        doc = {"summary": summary.to_dict(orient="records"), "runs": runs.to_dict("records")}
+        doc = {
+            "summary": summary.to_dict(orient="records"),
+            "runs": runs.to_dict("records"),
+            "seconds": seconds,
+        }
         print(json.dumps(doc, indent=2, default=float))
         return
     console = _console()
     if not console.is_terminal:
         console.width = max(console.width, 150)
     proxy_mod.print_summary(console, runs)
+    console.print(f"wall time {seconds:.0f} s", highlight=False)

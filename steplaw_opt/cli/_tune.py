@@ -170,6 +170,15 @@ def tune_command(
     smaller_n: Annotated[
         bool, typer.Option("--smaller-n", help="Allow proxy runs at a quarter of N.")
     ] = False,
+    drift: Annotated[
+        bool,
+        typer.Option(
+            "--drift/--no-drift",
+            help="Let the law's error move with scale: proxies at several scales that agree on "
+            "a trend carry it to the target (within a prior on the law's exponents). "
+            "Off by default: one offset shared by every scale.",
+        ),
+    ] = False,
     lr_min: Annotated[float | None, typer.Option("--lr-min", help="Hard lower lr bound.")] = None,
     lr_max: Annotated[float | None, typer.Option("--lr-max", help="Hard upper lr bound.")] = None,
     batch_min: Annotated[
@@ -304,6 +313,7 @@ def tune_command(
         batch_multiple=batch_multiple,
         round_batch=rounding,
         smaller_n=smaller_n,
+        drift=drift,
         timeout_per_trial=timeout_per_trial,
         # a shared study needs heartbeats, so a trial whose worker dies is run again
         heartbeat_interval=(heartbeat_interval or DEFAULT_HEARTBEAT)
@@ -323,6 +333,7 @@ def tune_command(
         config.budget,
         n_trials=config.n_trials,
         allowed_tokens=objective.allowed_tokens(target),
+        allowed_scales=objective.allowed_scales(target),
         smaller_n=config.smaller_n,
         target_runs=config.target_runs,
     )

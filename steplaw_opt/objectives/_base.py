@@ -68,6 +68,12 @@ class Objective(abc.ABC):
         """The training-token counts a proxy run may use at ``scale``'s N (``None``: any)."""
         return None
 
+    def allowed_scales(self, target: Scale) -> Sequence[Scale] | None:
+        """The only scales (any N and D) a proxy run for ``target`` may use, when this objective
+        chooses them itself (a replayed grid holds a few settings); ``None``: the plan picks
+        token fractions at the target's N (:meth:`allowed_tokens`)."""
+        return None
+
     def allowed_batch_sizes(self, scale: Scale) -> Sequence[float] | None:
         """The batch sizes this objective can run, if it is restricted (``None``: any)."""
         return None

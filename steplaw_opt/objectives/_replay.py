@@ -15,9 +15,11 @@ class GridReplayObjective(Objective):
     """Returns the measured smooth loss of the grid point nearest to (lr, batch) in
     (ln lr, ln batch), at the released setting with the run's (N, D).
 
-    Proxy runs may only use the D values the grid has at the target's N
-    (:meth:`allowed_tokens`). ``batch_size`` is in sequences of 2,048 tokens (or tokens with
-    ``batch_unit="tokens"``).
+    Proxy runs may only use the settings the grid has: with ``proxy_scales="same-n"`` (the
+    default) the D values at the target's N (:meth:`allowed_tokens`); with ``"cheaper"`` every
+    setting of any N and D whose compute N·D is at most ``max_proxy_cost`` times the target's
+    (:meth:`allowed_scales`: a ladder across model size). ``batch_size`` is in sequences of
+    2,048 tokens (or tokens with ``batch_unit="tokens"``).
     """
 
     name = "replay"
@@ -27,7 +29,17 @@ class GridReplayObjective(Objective):
         grid: str | Path | Sequence[GridSetting] | None = None,
         *,
         batch_unit: str = "sequences",
+        proxy_scales: str = "same-n",
+        max_proxy_cost: float = 1.0,
     ) -> None:
+        if proxy_scales not in ("same-n", "cheaper"):
+            raise SteplawInputError(
+                f"proxy_scales must be 'same-n' or 'cheaper', got {proxy_scales!r}"
+            )
+        if not (isinstance(max_proxy_cost, (int, float)) and 0 < max_proxy_cost <= 1):
+            raise SteplawInputError(f"max_proxy_cost must be in (0, 1], got {max_proxy_cost!r}")
+        self.proxy_scales = proxy_scales
+        self.max_proxy_cost = float(max_proxy_cost)
         if grid is None or isinstance(grid, (str, Path)):
             self.settings = load_grids(grid)
         else:
@@ -48,6 +60,17 @@ class GridReplayObjective(Objective):
     def allowed_tokens(self, scale: Scale) -> Sequence[float]:
         self.setting(scale)  # the target itself must be in the grid
         return sorted(d for (n, d) in self._by_scale if abs(n / float(scale.N or 0) - 1) < 1e-6)
+
+    def allowed_scales(self, target: Scale) -> Sequence[Scale] | None:
+        if self.proxy_scales == "same-n":
+            return None
+        own = self.setting(target)
+        limit = float(target.N or 0) * float(target.D or 0) * self.max_proxy_cost * (1 + 1e-9)
+        return [
+            Scale(N=n, D=d, seq_len=target.seq_len)
+            for (n, d), s in sorted(self._by_scale.items())
+            if n * d <= limit and s is not own
+        ]
 
     def run(self, lr: float, batch_size: float, scale: Scale, context: RunContext) -> float:
         s = self.setting(scale)

@@ -47,6 +47,10 @@ class TuneConfig:
         batch_multiple: the batch must be a multiple of this (micro-batch × data-parallel size).
         round_batch: quantisation of the recommended batch: ``"none"``, ``"pow2"`` or ``k``.
         smaller_n: allow proxy runs at a quarter of the target's N.
+        drift: let the law's error move with scale (the sampler's drift terms,
+            :func:`~steplaw_opt.landscape.fit_bowl`): proxies at several scales that agree on
+            a trend carry it to the target, within a prior on how far a law's exponents can
+            be off. Off (the default): one offset shared by every scale.
         timeout_per_trial: seconds before a run is stopped and counted as failed.
         heartbeat_interval: seconds between heartbeats of a running trial (SQL storages only);
             a trial whose worker stops beating for twice as long is failed and re-queued with
@@ -78,6 +82,7 @@ class TuneConfig:
     batch_multiple: int | None = None
     round_batch: BatchRounding = "none"
     smaller_n: bool = False
+    drift: bool = False
     timeout_per_trial: float | None = None
     heartbeat_interval: int | None = None
     objective_spec: dict[str, Any] | None = None
@@ -109,6 +114,7 @@ class TuneConfig:
             ),
             "round_batch": c.rounding(self.round_batch),
             "smaller_n": c.flag("smaller_n", self.smaller_n),
+            "drift": c.flag("drift", self.drift),
             "timeout_per_trial": None
             if timeout is None
             else c.as_number("timeout_per_trial", timeout, "a positive number of seconds"),
@@ -176,6 +182,7 @@ class TuneConfig:
             "batch_multiple": self.batch_multiple,
             "round_batch": rounding if isinstance(rounding, (str, int)) else "none",
             "smaller_n": bool(self.smaller_n),
+            "drift": bool(self.drift),
             "timeout_per_trial": self.timeout_per_trial,
             "heartbeat_interval": self.heartbeat_interval,
             "objective": self.objective_spec,
@@ -202,6 +209,7 @@ class TuneConfig:
             batch_multiple=doc.get("batch_multiple"),
             round_batch=doc.get("round_batch", "none"),
             smaller_n=bool(doc.get("smaller_n")),
+            drift=bool(doc.get("drift", False)),
             timeout_per_trial=doc.get("timeout_per_trial"),
             heartbeat_interval=doc.get("heartbeat_interval"),
             objective_spec=doc.get("objective"),
@@ -228,9 +236,17 @@ def default_bounds(
     return lr, batch
 
 
-def make_sampler(name: str, target: Scale, law: Law, batch_unit: str, seed: int | None) -> Any:
+def make_sampler(
+    name: str,
+    target: Scale,
+    law: Law,
+    batch_unit: str,
+    seed: int | None,
+    *,
+    drift: bool = False,
+) -> Any:
     """The study's sampler: :class:`PlateauSampler` or :class:`BoTorchPlateauSampler` on the
-    parameters ``lr`` and ``batch_size``."""
+    parameters ``lr`` and ``batch_size`` (with the bowl's drift terms when ``drift``)."""
     from steplaw_opt import samplers
 
     if name not in SAMPLERS:
@@ -243,6 +259,7 @@ def make_sampler(name: str, target: Scale, law: Law, batch_unit: str, seed: int 
         batch_param=BATCH_PARAM,
         batch_unit=batch_unit,  # type: ignore[arg-type]
         seed=seed,
+        drift=drift,
     )
 
 
@@ -309,10 +326,15 @@ class StudySetup:
 
     @classmethod
     def build(
-        cls, target: Scale, config: TuneConfig, allowed_tokens: Sequence[float] | None
+        cls,
+        target: Scale,
+        config: TuneConfig,
+        allowed_tokens: Sequence[float] | None,
+        allowed_scales: Sequence[Scale] | None = None,
     ) -> StudySetup:
         """The plan, bounds and sampler of a study; ``allowed_tokens`` are the token counts the
-        objective can run (a replayed grid), or ``None``."""
+        objective can run at the target's N and ``allowed_scales`` the (N, D) it can run at
+        all (a replayed grid), or ``None``."""
         law = config.law_card
         plan = plan_proxies(
             target,
@@ -321,11 +343,14 @@ class StudySetup:
             allowed_tokens=allowed_tokens,
             smaller_n=bool(config.smaller_n),
             target_runs=int(config.target_runs or 0),
+            allowed_scales=allowed_scales,
         )
         schedule = list(plan.schedule())
         lr_b, batch_b = check_bounds(
             law, target, schedule, config.batch_unit, config.lr_bounds, config.batch_bounds
         )
         batch_dist = batch_distribution(batch_b, config.batch_multiple)
-        sampler = make_sampler(config.sampler, target, law, config.batch_unit, config.seed)
+        sampler = make_sampler(
+            config.sampler, target, law, config.batch_unit, config.seed, drift=bool(config.drift)
+        )
         return cls(target, config, plan, schedule, lr_b, batch_dist, sampler)

@@ -111,6 +111,7 @@ def plan_proxies(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     smaller_n: bool = False,
     target_runs: int = 0,
+    allowed_scales: Sequence[Scale] | None = None,
 ) -> ProxyPlan:
     """Plan the proxy runs for ``target`` within ``budget`` target-run equivalents.
 
@@ -123,6 +124,9 @@ def plan_proxies(
         fractions: proxy token counts as fractions of the target's, when not restricted.
         smaller_n: also plan stages at a quarter of the target's N (same token fractions).
         target_runs: runs at the target scale itself, each costing 1.0 of the budget.
+        allowed_scales: the only proxy scales (any N and D: a ladder of smaller models, or
+            the settings of a replayed grid); those cheaper than the target are the stages,
+            and ``allowed_tokens``, ``fractions`` and ``smaller_n`` are not used.
     """
     check_budget(budget, n_trials, target_runs)
     for f in fractions:
@@ -139,6 +143,12 @@ def plan_proxies(
     if smaller_n:
         scales += [
             Scale(N=float(target.N or 0) / 4, D=d, seq_len=target.seq_len) for d in token_counts
+        ]
+    if allowed_scales is not None:
+        scales = [
+            Scale(N=float(s.N or 0), D=float(s.D or 0), seq_len=target.seq_len)
+            for s in allowed_scales
+            if run_cost(s, target) < 1 - 1e-9
         ]
     stages = sorted(((s, run_cost(s, target)) for s in scales), key=lambda sc: sc[1])
     proxy_budget = budget - target_runs

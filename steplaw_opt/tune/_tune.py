@@ -79,6 +79,7 @@ def tune(
     round_batch: BatchRounding = "none",
     timeout_per_trial: float | None = None,
     smaller_n: bool = False,
+    drift: bool = False,
     target_runs: int = 0,
     heartbeat_interval: int | None = None,
     objective_spec: dict[str, Any] | None = None,
@@ -153,6 +154,7 @@ def tune(
         batch_multiple=batch_multiple,
         round_batch=round_batch,
         smaller_n=smaller_n,
+        drift=drift,
         timeout_per_trial=timeout_per_trial,
         heartbeat_interval=heartbeat_interval,
         objective_spec=objective_spec,
@@ -175,14 +177,18 @@ def tune(
         )
     allowed = objective.allowed_tokens(target)
     allowed_tokens = None if allowed is None else [float(x) for x in allowed]
-    setup = StudySetup.build(target, config, allowed_tokens)
+    scales = objective.allowed_scales(target)
+    allowed_scales = (
+        None if scales is None else [[float(s.N or 0), float(s.D or 0)] for s in scales]
+    )
+    setup = StudySetup.build(target, config, allowed_tokens, _scales(allowed_scales, target))
     law_obj = config.law_card
     study = open_shared_study(
         optuna,
         storage_url,
         study_name or default_study_name(target, law_obj),
         setup,
-        {**config.to_dict(), "allowed_tokens": allowed_tokens},
+        {**config.to_dict(), "allowed_tokens": allowed_tokens, "allowed_scales": allowed_scales},
         objective_identity(objective, config.objective_spec),
     )
     result: TuneResult | None = None
@@ -249,7 +255,12 @@ def run_worker(
     target = retry_opening(study_target, study)
     if objective is None:
         objective = objective_from_spec(config.objective_spec, config)
-    setup = StudySetup.build(target, config, doc.get("allowed_tokens"))
+    setup = StudySetup.build(
+        target,
+        config,
+        doc.get("allowed_tokens"),
+        _scales(doc.get("allowed_scales"), target),
+    )
     hb = heartbeat_interval if heartbeat_interval is not None else config.heartbeat_interval
     study = retry_opening(
         lambda: optuna.load_study(
@@ -324,6 +335,20 @@ def write_refit_law(
     return {"path": str(path), "lr": p.lr, "batch_tokens": p.batch_tokens}
 
 
+def _scales(pairs: Any, target: Scale) -> list[Scale] | None:
+    """The stored ``[[N, D], …]`` of an objective's proxy scales as scales at the target's
+    sequence length; a document that is not such a list is refused in one line."""
+    if pairs is None:
+        return None
+    try:
+        out = [Scale(N=float(n), D=float(d), seq_len=target.seq_len) for n, d in pairs]
+    except (TypeError, ValueError):
+        raise SteplawInputError(
+            f"the study's allowed_scales must be a list of [N, D] pairs, got {pairs!r:.200}"
+        ) from None
+    return out
+
+
 # ------------------------------------------------------------------ the study's own settings
 # The settings that make the plan and the search space: a study runs with the ones it was made
 # with, or not at all (a resume may change the sampler, the seed, the timeout, the rounding).
@@ -333,6 +358,7 @@ PLAN_KEYS = (
     "target_runs",
     "smaller_n",
     "allowed_tokens",
+    "allowed_scales",
     "lr_bounds",
     "batch_bounds",
     "batch_multiple",
