@@ -376,7 +376,7 @@ class BoTorchPlateauSampler(PlateauSampler):
         trust_mass: float = 0.99,
         prior_widen: float = 1.0,
         bowl_prior: BowlPrior | None = None,
-        drift: bool = False,
+        drift: bool = True,
         n_bowl: int | None = None,
         prior_beta: float = DEFAULT_PRIOR_BETA,
         clip: float = DEFAULT_CLIP,

@@ -210,8 +210,7 @@ class PlateauSampler(BaseSampler):
             target only as far as that prior allows. A single-scale study is unchanged either
             way. On the proxy benchmark (``steplaw-opt bench --proxy --drift both``: released
             and shifted landscapes) it was as good or better than one shared offset at nearly
-            every budget, with far better calibrated intervals; off by default because with a
-            few runs per proxy scale it can extrapolate far (docs/bench.md#proxy-mode).
+            every budget, with far better calibrated intervals, so it is on by default.
 
     Trials may carry their own scale in user attributes ``steplaw.N``, ``steplaw.D`` and
     ``steplaw.seq_len`` (proxy runs). An objective that cannot run at the proposed values (a
@@ -264,7 +263,7 @@ class PlateauSampler(BaseSampler):
         trust_mass: float = 0.99,
         prior_widen: float = 1.0,
         bowl_prior: BowlPrior | None = None,
-        drift: bool = False,
+        drift: bool = True,
     ) -> None:
         if not isinstance(scale, Scale):
             raise SteplawInputError(f"scale must be a steplaw_opt.Scale, got {scale!r}")

@@ -557,7 +557,17 @@ def fit_bowl(
                 f"{name}_widths and {name}_weights must be positive and of one length"
             )
     window = _window(y, groups, n_groups, bowl)
-    drift = None if scale_x is None else (scale_x, drift_prior_cov(bowl.H0, drift_cov))
+    drift = None
+    if scale_x is not None:
+        # The prior on Γ enters through G = −2HΓ at a curvature H, and the fit's Γ is
+        # −½A⁻¹G: with H the prior curvature H0 and a fitted curvature A far flatter, the prior
+        # in force was S_Γ widened by H0/A (forty-fold on a steep test landscape, which sent
+        # the target's lr 5.7 ln units from the law). H is the curvature of the same fit
+        # without drift terms instead: every run informs it, and Γ's prior stays S_Γ.
+        plain = _fit_mixture(w, y, groups, n_groups, prior_mean, prior_cov, bowl, None, window)
+        a = plain.hessian
+        h = a if np.linalg.eigvalsh(a).min() > bowl.min_eig else bowl.H0
+        drift = (scale_x, drift_prior_cov(h, drift_cov))
     post = _fit_mixture(w, y, groups, n_groups, prior_mean, prior_cov, bowl, None, window, drift)
     if bowl.k_sd > 0:
         # The asymmetry term is centred on the symmetric bowl's bottom, where the curvature

@@ -272,8 +272,8 @@ def test_drift_flag_is_stored_in_the_study_and_used(tmp_path, grid):
     url = f"sqlite:///{tmp_path}/s.db"
     base = ["tune", "--params", N, "--tokens", D, "--replay", grid, "--storage", url,
             "--seed", "0", "--json", "--no-mlflow", "--budget", "0.5"]  # fmt: skip
-    plain = json.loads(run_cli(*base, "--study-name", "plain").stdout)  # off by default
-    r = run_cli(*base, "--study-name", "drift", "--drift")
+    plain = json.loads(run_cli(*base, "--study-name", "plain", "--no-drift").stdout)
+    r = run_cli(*base, "--study-name", "drift")  # on by default
     assert r.returncode == 0, r.stderr
     drifting = json.loads(r.stdout)
     study = optuna.load_study(study_name="drift", storage=url)

@@ -280,3 +280,32 @@ def test_drift_widths_and_weights_are_checked():
     bad = dataclasses.replace(WIDE, drift_weights=(1.0,))
     with pytest.raises(SteplawInputError, match="drift_widths and drift_weights"):
         fit_bowl(w, y, g, 4, **PRIOR, bowl=bad, scale_x=SCALE_X, drift_cov=cov)
+
+
+def test_a_bowl_flatter_than_the_prior_widens_the_drift_prior_less():
+    """The drift prior is mapped into the linear terms through the drift-free fit's curvature,
+    not the prior's (here 20× steeper than the runs' bowl): Γ = −½A⁻¹G then strays fewer prior
+    sds. Not a bound: with six noisy runs per scale a bowl flat in one direction still lets Γ
+    go far (45 sds in one of these seeds, either way)."""
+    from steplaw_opt import landscape
+
+    steep = dataclasses.replace(SYMMETRIC, h_mean=SYMMETRIC.h_mean * 20, h_sd=SYMMETRIC.h_sd * 20)
+    cov = drift_covariance(load_law("step-law"))
+    sd = np.sqrt(np.diag(cov)).reshape(2, 2)
+    old, new = [], []
+    for seed in range(5):
+        w, y, g = _proxy_runs(
+            np.random.default_rng(20 + seed), lambda s: np.array([0.3, -0.2]), n=6, noise=1e-3
+        )
+        window = landscape._window(y, g, 4, steep)
+        through_h0 = (SCALE_X, drift_prior_cov(steep.H0, cov))
+        before = landscape._fit_mixture(
+            w, y, g, 4, PRIOR["prior_mean"], PRIOR["prior_cov"], steep, None, window, through_h0
+        )
+        after = fit_bowl(
+            w, y, g, 4, **PRIOR, bowl=steep, curvature_scale=1.0, scale_x=SCALE_X, drift_cov=cov
+        )
+        old.append(float(np.max(np.abs(before.drift()) / sd)))
+        new.append(float(np.max(np.abs(after.drift()) / sd)))
+    assert all(n <= o + 1e-9 for n, o in zip(new, old, strict=True))
+    assert np.median(new) < 0.6 * np.median(old)

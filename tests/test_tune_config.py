@@ -229,6 +229,6 @@ def test_drift_reaches_the_sampler_of_the_study_and_of_every_worker(drift: bool)
 
 
 def test_a_study_made_before_drift_existed_takes_the_default() -> None:
-    doc = TuneConfig(budget=0.5, drift=True).to_dict()
+    doc = TuneConfig(budget=0.5, drift=False).to_dict()
     del doc["drift"]
-    assert TuneConfig.from_dict(doc).drift is False
+    assert TuneConfig.from_dict(doc).drift is True

@@ -176,9 +176,9 @@ def tune_command(
             "--drift/--no-drift",
             help="Let the law's error move with scale: proxies at several scales that agree on "
             "a trend carry it to the target (within a prior on the law's exponents). "
-            "Off by default: one offset shared by every scale.",
+            "--no-drift: one offset shared by every scale.",
         ),
-    ] = False,
+    ] = True,
     lr_min: Annotated[float | None, typer.Option("--lr-min", help="Hard lower lr bound.")] = None,
     lr_max: Annotated[float | None, typer.Option("--lr-max", help="Hard upper lr bound.")] = None,
     batch_min: Annotated[

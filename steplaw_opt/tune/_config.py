@@ -50,7 +50,7 @@ class TuneConfig:
         drift: let the law's error move with scale (the sampler's drift terms,
             :func:`~steplaw_opt.landscape.fit_bowl`): proxies at several scales that agree on
             a trend carry it to the target, within a prior on how far a law's exponents can
-            be off. Off (the default): one offset shared by every scale.
+            be off (on by default). Off: one offset shared by every scale.
         timeout_per_trial: seconds before a run is stopped and counted as failed.
         heartbeat_interval: seconds between heartbeats of a running trial (SQL storages only);
             a trial whose worker stops beating for twice as long is failed and re-queued with
@@ -82,7 +82,7 @@ class TuneConfig:
     batch_multiple: int | None = None
     round_batch: BatchRounding = "none"
     smaller_n: bool = False
-    drift: bool = False
+    drift: bool = True
     timeout_per_trial: float | None = None
     heartbeat_interval: int | None = None
     objective_spec: dict[str, Any] | None = None
@@ -209,7 +209,7 @@ class TuneConfig:
             batch_multiple=doc.get("batch_multiple"),
             round_batch=doc.get("round_batch", "none"),
             smaller_n=bool(doc.get("smaller_n")),
-            drift=bool(doc.get("drift", False)),
+            drift=bool(doc.get("drift", True)),
             timeout_per_trial=doc.get("timeout_per_trial"),
             heartbeat_interval=doc.get("heartbeat_interval"),
             objective_spec=doc.get("objective"),
@@ -243,7 +243,7 @@ def make_sampler(
     batch_unit: str,
     seed: int | None,
     *,
-    drift: bool = False,
+    drift: bool = True,
 ) -> Any:
     """The study's sampler: :class:`PlateauSampler` or :class:`BoTorchPlateauSampler` on the
     parameters ``lr`` and ``batch_size`` (with the bowl's drift terms when ``drift``)."""

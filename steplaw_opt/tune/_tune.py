@@ -79,7 +79,7 @@ def tune(
     round_batch: BatchRounding = "none",
     timeout_per_trial: float | None = None,
     smaller_n: bool = False,
-    drift: bool = False,
+    drift: bool = True,
     target_runs: int = 0,
     heartbeat_interval: int | None = None,
     objective_spec: dict[str, Any] | None = None,
