@@ -309,3 +309,26 @@ def test_a_bowl_flatter_than_the_prior_widens_the_drift_prior_less():
         new.append(float(np.max(np.abs(after.drift()) / sd)))
     assert all(n <= o + 1e-9 for n, o in zip(new, old, strict=True))
     assert np.median(new) < 0.6 * np.median(old)
+
+
+@pytest.mark.parametrize("slope", [0.3, 1.0, 3.0])
+def test_nothing_extrapolates_outside_the_trust_region(slope):
+    """Proxies whose bottoms follow a drift of up to 3 per ln unit (40 prior sds), so a straight
+    extrapolation puts the target's bottom 3–27 ln units away: the refined optimum and the
+    target's trust region stay inside the prior's 99 % region."""
+    from steplaw_opt import Scale
+    from steplaw_opt.samplers import PlateauSampler, refined_optimum
+
+    target = Scale(N=1e9, D=1e11, seq_len=2048)
+    gamma = np.array([[0.0, slope], [0.0, -slope]])
+    # the proxies' bottoms near the law's point; the target's, extrapolated, far from it
+    study = _proxy_study(gamma, -gamma @ SCALE_X[2], target)
+    sampler = PlateauSampler(target)
+    assert sampler.drift
+    opt = refined_optimum(study, sampler=sampler)
+    w = np.array([opt.u, opt.v])
+    assert float(sampler.prior.mahalanobis2(w)[0]) <= sampler._radius2
+    hist = sampler.history(study)
+    box = np.array([[-np.inf, -np.inf], [np.inf, np.inf]])
+    region, _ = sampler.trust_region(hist, sampler.fit(hist), box, np.random.default_rng(0))
+    assert float(sampler.prior.mahalanobis2(region.center)[0]) <= sampler._radius2
