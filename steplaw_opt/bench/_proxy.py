@@ -56,10 +56,9 @@ from steplaw_opt.bench._surfaces import SURFACE_NAMES, NoiseFreeSurface, noise_f
 from steplaw_opt.errors import SteplawInputError
 from steplaw_opt.objectives import GridReplayObjective
 from steplaw_opt.objectives._base import RunContext
+from steplaw_opt.objectives._replay import PROXY_SCALES
 from steplaw_opt.priors import fit_law_ols, load_law
 from steplaw_opt.scale import Scale
-
-PROXY_SCALES = ("same-n", "cheaper")
 
 
 @dataclass(frozen=True)

@@ -974,6 +974,11 @@ def parse_budgets(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+def parse_shifts(text: str) -> tuple[str, ...]:
+    """``--shift``: ``all`` (every family at its default size) or a comma list of shifts."""
+    return FULL_SHIFTS if text == "all" else parse_names(text, "--shift")
+
+
 def parse_names(text: str, option: str, allowed: Sequence[str] | None = None) -> tuple[str, ...]:
     """``"a,b"`` → ("a", "b"), each checked against ``allowed``."""
     names = tuple(x.strip() for x in text.split(",") if x.strip())
@@ -1023,5 +1028,5 @@ def cli_config(
     if methods is not None:
         overrides["methods"] = parse_names(methods, "--methods", METHODS)
     if shifts is not None:
-        overrides["shifts"] = FULL_SHIFTS if shifts == "all" else parse_names(shifts, "--shift")
+        overrides["shifts"] = parse_shifts(shifts)
     return replace(base, **overrides).checked()

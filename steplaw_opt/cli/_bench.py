@@ -222,7 +222,7 @@ def _bench_proxy(
     import time
 
     from steplaw_opt.bench import _proxy as proxy_mod
-    from steplaw_opt.bench._runner import FULL_SHIFTS, parse_names
+    from steplaw_opt.bench._runner import parse_shifts
 
     try:
         budget_values = tuple(float(b) for b in (budgets or "0.25,0.5,1").split(","))
@@ -253,11 +253,7 @@ def _bench_proxy(
     drift_values = {"off": (False,), "on": (True,), "both": (False, True)}
     if drift not in drift_values:
         raise SteplawInputError(f"--drift must be off, on or both, got {drift!r}")
-    shifts = (
-        ("none",)
-        if shift is None
-        else (FULL_SHIFTS if shift == "all" else parse_names(shift, "--shift"))
-    )
+    shifts = ("none",) if shift is None else parse_shifts(shift)
     start = time.perf_counter()
     config = proxy_mod.ProxyBenchConfig(
         shifts=shifts,

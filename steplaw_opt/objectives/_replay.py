@@ -10,6 +10,8 @@ from steplaw_opt.errors import SteplawInputError
 from steplaw_opt.objectives._base import Objective, RunContext
 from steplaw_opt.scale import Scale
 
+PROXY_SCALES = ("same-n", "cheaper")  # GridReplayObjective(proxy_scales=…)
+
 
 class GridReplayObjective(Objective):
     """Returns the measured smooth loss of the grid point nearest to (lr, batch) in
@@ -32,7 +34,7 @@ class GridReplayObjective(Objective):
         proxy_scales: str = "same-n",
         max_proxy_cost: float = 1.0,
     ) -> None:
-        if proxy_scales not in ("same-n", "cheaper"):
+        if proxy_scales not in PROXY_SCALES:
             raise SteplawInputError(
                 f"proxy_scales must be 'same-n' or 'cheaper', got {proxy_scales!r}"
             )

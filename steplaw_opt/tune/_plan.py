@@ -132,24 +132,14 @@ def plan_proxies(
     for f in fractions:
         if not 0 < f < 1:
             raise SteplawInputError(f"proxy fractions must be in (0, 1), got {f!r}")
-    d_target = float(target.D or 0)
-    if allowed_tokens is not None:
-        token_counts = sorted(
-            {float(d) for d in allowed_tokens if float(d) < d_target * (1 - 1e-9)}
-        )
-    else:
-        token_counts = sorted(d_target * f for f in fractions)
-    scales = [target.with_tokens(d) for d in token_counts]
-    if smaller_n:
-        scales += [
-            Scale(N=float(target.N or 0) / 4, D=d, seq_len=target.seq_len) for d in token_counts
-        ]
     if allowed_scales is not None:
         scales = [
             Scale(N=float(s.N or 0), D=float(s.D or 0), seq_len=target.seq_len)
             for s in allowed_scales
             if run_cost(s, target) < 1 - 1e-9
         ]
+    else:
+        scales = _token_scales(target, allowed_tokens, fractions, smaller_n)
     stages = sorted(((s, run_cost(s, target)) for s in scales), key=lambda sc: sc[1])
     proxy_budget = budget - target_runs
     runs = _allocate([c for _, c in stages], proxy_budget)
@@ -171,6 +161,29 @@ def plan_proxies(
             "target-run equivalents"
         )
     return ProxyPlan(target, float(budget), tuple(planned))
+
+
+def _token_scales(
+    target: Scale,
+    allowed_tokens: Sequence[float] | None,
+    fractions: Sequence[float],
+    smaller_n: bool,
+) -> list[Scale]:
+    """Proxy scales at smaller token counts (the allowed ones below the target's, or the
+    fractions of it), at the target's N and, with ``smaller_n``, at a quarter of it."""
+    d_target = float(target.D or 0)
+    if allowed_tokens is not None:
+        token_counts = sorted(
+            {float(d) for d in allowed_tokens if float(d) < d_target * (1 - 1e-9)}
+        )
+    else:
+        token_counts = sorted(d_target * f for f in fractions)
+    scales = [target.with_tokens(d) for d in token_counts]
+    if smaller_n:
+        scales += [
+            Scale(N=float(target.N or 0) / 4, D=d, seq_len=target.seq_len) for d in token_counts
+        ]
+    return scales
 
 
 def _allocate(costs: Sequence[float], budget: float) -> list[int]:
