@@ -244,7 +244,9 @@ def shape_for_params(N: float, seq_len: int = 128) -> Shape:
     return shape
 
 
-def _shape_of(scale: Scale) -> Shape:
+def shape_of(scale: Scale) -> Shape:
+    """The shape the trainer builds for ``scale``: its own (``d_model``, ``d_ff``, ``n_layers``)
+    when it has one, else :func:`shape_for_params` of its N; one line when it cannot."""
     if not scale.gated_ffn:
         raise SteplawInputError("the built-in trainer has a gated (SwiGLU) FFN; gated_ffn=False")
     if scale.vocab_size is not None and scale.vocab_size != VOCAB_SIZE:
@@ -476,7 +478,7 @@ def train(
         )
     if not 0 <= warmup_fraction < 1:
         raise SteplawInputError(f"warmup_fraction must be in [0, 1), got {warmup_fraction!r}")
-    shape = _shape_of(scale)
+    shape = shape_of(scale)
     seq_len = scale.seq_len
     train_data, held_out = load_corpus(corpus)
     if len(train_data) <= seq_len + 1 or len(held_out) <= seq_len + 1:

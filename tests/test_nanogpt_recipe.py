@@ -221,3 +221,50 @@ def test_a_ten_run_study_of_the_recipe_stays_inside_its_bounds(tmp_path):
     margin = 1.05  # strictly inside, not clipped onto a bound
     assert lr_lo * margin < opt["lr"] < lr_hi / margin
     assert lr_lo < opt["lr_interval_95"][0] < opt["lr_interval_95"][1] < lr_hi
+
+
+LADDER_FAKE = recipe.LADDER_TEMPLATE.replace(
+    recipe.TRAIN, f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE))}", 1
+)
+
+
+def test_the_readme_shows_the_ladder_recipe_exactly():
+    commands = console_commands((REPO / "examples/nanogpt/README.md").read_text())
+    assert ["steplaw-opt", "tune", *recipe.ladder_args()] in commands
+    # each model's N is nanoGPT's non-embedding count of the overrides it is given
+    entries = recipe.LADDER_MODELS[1::2]
+    for entry in entries:
+        size, args = entry.split("=", 1)
+        o = _overrides(args)
+        assert int(size) == 12 * int(o["n_layer"]) * int(o["n_embd"]) ** 2
+        assert int(o["n_embd"]) % int(o["n_head"]) == 0
+
+
+def test_a_ladder_study_builds_each_rung_with_its_own_model_and_a_worker_keeps_them(tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'nanogpt.db'}"
+    study = ["--study-name", "ladder", "--storage", storage]
+    base = [*recipe.ladder_args(LADDER_FAKE, study), "--no-mlflow", "--json", "--seed", "0"]
+    made = run_cli("tune", *base, "--n-trials", "4", "--create-only", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr[-2000:]
+    # a worker stating its own command must state the same model configs
+    bare = run_cli("worker", *study, "--command", LADDER_FAKE, "--no-mlflow", cwd=tmp_path)
+    assert bare.returncode == 2 and "stored model configs differ" in bare.stderr
+    models = recipe.LADDER_MODELS
+    worker = run_cli(
+        "worker", *study, "--command", LADDER_FAKE, *models, "--no-mlflow", "--json", cwd=tmp_path
+    )
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    trials = optuna.load_study(study_name="ladder", storage=storage).trials
+    assert len(trials) == 4
+    sizes = {int(e.split("=", 1)[0]): _overrides(e.split("=", 1)[1]) for e in models[1::2]}
+    seen = set()
+    for t in trials:
+        n = round(t.user_attrs["steplaw.N"])
+        o = _overrides(t.user_attrs["steplaw.note.command"])
+        assert n in sizes and n < 786432  # a rung, not the target
+        assert {k: o[k] for k in ("n_layer", "n_head", "n_embd")} == sizes[n]
+        assert round(t.user_attrs["steplaw.D"]) == round(1536000 * n / 786432)
+        seen.add(n)
+    assert seen == {196608, 98304}

@@ -6,6 +6,7 @@ Run it from a nanoGPT checkout (https://github.com/karpathy/nanoGPT) after
     python /path/to/steplaw-opt/examples/nanogpt/recipe.py            # the CPU-sized target
     python /path/to/steplaw-opt/examples/nanogpt/recipe.py --dry-run  # the plan only
     python /path/to/steplaw-opt/examples/nanogpt/recipe.py --print    # the shell command
+    python /path/to/steplaw-opt/examples/nanogpt/recipe.py --ladder   # proxies at smaller models
 
 Anything after the script's name is passed on to ``steplaw-opt tune`` (``--budget 0.5``,
 ``--storage …``). README.md in this folder says why every override in :data:`TEMPLATE` is there.
@@ -58,6 +59,37 @@ STUDY = [
 ]
 
 
+# The ladder: the same recipe with the model's size left to {model_args}, and three nanoGPT
+# models it may build (N = 12 · n_layer · n_embd², counted as the Step Law counts N). The two
+# below the target's N are the proxy rungs; each trains on the target's tokens per parameter,
+# and its cost is (N_rung / N_target)² of a target run. The target's own entry makes a run at
+# the target's size (a planned --target-runs, or your final run) build the right model.
+MODEL_SIZE = " --n_layer=4 --n_head=4 --n_embd=128"
+LADDER_TEMPLATE = TEMPLATE.replace(MODEL_SIZE, " {model_args}", 1)
+LADDER_MODELS = [
+    "--model",
+    "786432=--n_layer=4 --n_head=4 --n_embd=128",
+    "--model",
+    "196608=--n_layer=1 --n_head=4 --n_embd=128",
+    "--model",
+    "98304=--n_layer=2 --n_head=4 --n_embd=64",
+]
+LADDER_STUDY = [
+    "--study-name",
+    "nanogpt-shakespeare-char-cpu-ladder",
+    "--storage",
+    "sqlite:///steplaw-nanogpt.db",
+]
+
+
+def ladder_args(template: str = LADDER_TEMPLATE, study: list[str] = LADDER_STUDY) -> list[str]:
+    """The ``steplaw-opt tune`` arguments of the ladder recipe: proxies at smaller models."""
+    args = tune_args(template, study)
+    # the target's size exactly as its model config counts it
+    args[args.index("--params") + 1] = "786432"
+    return [*args, *LADDER_MODELS]
+
+
 def tune_args(template: str = TEMPLATE, study: list[str] = STUDY) -> list[str]:
     """The ``steplaw-opt tune`` arguments of the recipe (``study``: where it is stored)."""
     return [
@@ -78,7 +110,9 @@ def tune_args(template: str = TEMPLATE, study: list[str] = STUDY) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    args = tune_args()
+    ladder = "--ladder" in argv
+    argv = [a for a in argv if a != "--ladder"]
+    args = ladder_args() if ladder else tune_args()
     if "--print" in argv:
         rest = [a for a in argv if a != "--print"]
         print(shlex.join(["steplaw-opt", "tune", *args, *rest]))

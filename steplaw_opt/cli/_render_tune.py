@@ -40,7 +40,8 @@ def print_header(console: Console, target: Scale, law: Law, plan: ProxyPlan, sou
     table = Table(title="Proxy plan", title_justify="left")
     for col in ("stage", "N", "D", "runs", "compute each", "compute"):
         table.add_column(col, justify="right")
-    for i, stage in enumerate(plan.stages, 1):
+    table.add_column("for", justify="left")
+    for i, (stage, purpose) in enumerate(zip(plan.stages, plan.purposes(), strict=True), 1):
         table.add_row(
             str(i),
             format_size(stage.scale.N or 0),
@@ -48,8 +49,9 @@ def print_header(console: Console, target: Scale, law: Law, plan: ProxyPlan, sou
             str(stage.runs),
             f"{stage.cost:.3f}",
             f"{stage.compute:.3f}",
+            purpose,
         )
-    table.add_row("total", "", "", str(plan.total_runs), "", f"{plan.compute:.3f}")
+    table.add_row("total", "", "", str(plan.total_runs), "", f"{plan.compute:.3f}", "")
     console.print(table)
     console.print(f"compute in target-run equivalents (budget {plan.budget:g})")
 

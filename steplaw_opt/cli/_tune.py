@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,6 +33,9 @@ DEMO_SEQ_LEN = 128
 DEMO_LR_BOUNDS = (1e-4, 0.3)
 DEMO_BATCH_BOUNDS = (2.0, 64.0)  # batch 1 would make a CPU run several times slower
 DEMO_STUDY = "steplaw-demo"
+# Proxies at half and a quarter of the target's model, on tokens in proportion: a ladder across
+# model size, as labs tune (N/2 costs 1/4 of the target, N/4 costs 1/16).
+DEMO_LADDER = "2,4"
 
 
 def tune_command(
@@ -170,6 +174,24 @@ def tune_command(
     smaller_n: Annotated[
         bool, typer.Option("--smaller-n", help="Allow proxy runs at a quarter of N.")
     ] = False,
+    ladder: Annotated[
+        str | None,
+        typer.Option(
+            "--ladder",
+            help="Proxy models smaller by these factors, tokens in proportion: 4,16 runs "
+            "proxies at N/4 on D/4 and N/16 on D/16 (costed by N·D). The command gets each "
+            "size through {params}, or {model_args} with --model.",
+        ),
+    ] = None,
+    models: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            help="A model the study may train, as N=ARGS (repeatable): its non-embedding size "
+            "and the arguments that build it, which {model_args} becomes (e.g. "
+            "--model '25M=--n_layer=6 --n_embd=384'). Sizes below --params are the ladder.",
+        ),
+    ] = None,
     drift: Annotated[
         bool,
         typer.Option(
@@ -256,6 +278,8 @@ def tune_command(
         lr_min, lr_max = lr_min or DEMO_LR_BOUNDS[0], lr_max or DEMO_LR_BOUNDS[1]
         batch_min = batch_min or DEMO_BATCH_BOUNDS[0]
         batch_max = batch_max or DEMO_BATCH_BOUNDS[1]
+        if ladder is None and not smaller_n:
+            ladder = DEMO_LADDER
     from steplaw_opt.tune import _time
 
     # checked before anything else: a bad value is one line, exit 2, nothing made
@@ -293,12 +317,16 @@ def tune_command(
         "warmup_fraction": warmup_fraction,
         "decay_fraction": decay_fraction,
     }
-    objective = _objective(command, builtin, replay, corpus, batch_unit, timeout_per_trial, reading)
+    model_configs = parse_model_entries(models)
+    rungs = _ladder(ladder, model_configs, float(target.N or 0))
+    objective = _objective(
+        command, builtin, replay, corpus, batch_unit, timeout_per_trial, reading, model_configs
+    )
 
     from rich.console import Console
 
     from steplaw_opt.cli import _render_tune as render
-    from steplaw_opt.tune import DEFAULT_HEARTBEAT, TuneConfig, default_study_name, plan_proxies
+    from steplaw_opt.tune import DEFAULT_HEARTBEAT, TuneConfig, default_study_name
 
     config = TuneConfig(
         law=law,
@@ -313,6 +341,7 @@ def tune_command(
         batch_multiple=batch_multiple,
         round_batch=rounding,
         smaller_n=smaller_n,
+        ladder=rungs,
         drift=drift,
         timeout_per_trial=timeout_per_trial,
         # a shared study needs heartbeats, so a trial whose worker dies is run again
@@ -328,15 +357,8 @@ def tune_command(
     )
     console = Console(stderr=as_json)
     law_obj = config.law_card
-    plan = plan_proxies(
-        target,
-        config.budget,
-        n_trials=config.n_trials,
-        allowed_tokens=objective.allowed_tokens(target),
-        allowed_scales=objective.allowed_scales(target),
-        smaller_n=config.smaller_n,
-        target_runs=config.target_runs,
-    )
+    plan = config.plan(target, objective.allowed_tokens(target), objective.allowed_scales(target))
+    objective.check_scales(plan.schedule())
     render.print_header(console, target, law_obj, plan, objective.name)
     if objective.name == "builtin":
         from steplaw_opt.trainer import default_device
@@ -546,13 +568,18 @@ def _objective(
     batch_unit: str,
     timeout: float | None,
     reading: dict[str, Any],
+    models: dict[float, str] | None = None,
 ) -> Any:
     from steplaw_opt import objectives
     from steplaw_opt.objectives._command import COMMAND_DEFAULTS
 
     if command is not None:
         return objectives.CommandObjective(
-            command, batch_unit=batch_unit, timeout=timeout, **reading
+            command, batch_unit=batch_unit, timeout=timeout, models=models, **reading
+        )
+    if models:
+        raise SteplawInputError(
+            "--model applies to --command only (the built-in trainer builds any size itself)"
         )
     changed = [k for k, v in reading.items() if v != COMMAND_DEFAULTS[k]]
     if changed:
@@ -569,6 +596,58 @@ def _objective(
     if corpus is not None and not Path(corpus).exists():
         raise SteplawInputError(f"corpus not found: {corpus!r}")
     return objectives.BuiltinTrainerObjective(corpus=corpus)
+
+
+def parse_model_entries(entries: list[str] | None) -> dict[float, str] | None:
+    """``--model N=ARGS`` entries as size → arguments (the objective checks the rest)."""
+    if not entries:
+        return None
+    from steplaw_opt.sizes import parse_size
+
+    out: dict[float, str] = {}
+    for entry in entries:
+        size, sep, args = entry.partition("=")
+        if not sep or not size.strip():
+            raise SteplawInputError(
+                f"--model must be N=ARGS (a size, '=', the arguments that build it), got {entry!r}"
+            )
+        n = parse_size(size.strip(), "--model size")
+        if n in out:
+            raise SteplawInputError(f"--model size {size.strip()} is given twice")
+        out[n] = args
+    return out
+
+
+def _ladder(
+    ladder: str | None, models: dict[float, str] | None, n_target: float
+) -> tuple[float, ...] | None:
+    """The ladder's sizes: ``--ladder`` factors of the target's N, or the ``--model`` sizes
+    below it."""
+    if ladder is not None and models:
+        raise SteplawInputError(
+            "give --ladder or --model, not both (the --model sizes below --params are the ladder)"
+        )
+    if models:
+        below = tuple(n for n in models if n < n_target * (1 - 1e-9))
+        if not below:
+            raise SteplawInputError(
+                f"no --model is smaller than the target's N={n_target:.4g}: a ladder needs one"
+            )
+        return below
+    if ladder is None:
+        return None
+    factors = []
+    for part in ladder.split(","):
+        try:
+            factor = float(part)
+        except ValueError:
+            factor = math.nan
+        if not (math.isfinite(factor) and factor > 1):
+            raise SteplawInputError(
+                f"--ladder takes factors greater than 1 (4,16: N/4 and N/16), got {part.strip()!r}"
+            )
+        factors.append(factor)
+    return tuple(n_target / f for f in factors)
 
 
 def _objective_spec(

@@ -43,6 +43,14 @@ def worker_command(
             "--command runs; docs/security.md).",
         ),
     ] = None,
+    models: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            help="With --command: the model configs (N=ARGS, as given to tune) this worker "
+            "runs; it refuses a study that stores others.",
+        ),
+    ] = None,
 ) -> None:
     """Take trials from a shared study until its plan is done, then exit 0.
 
@@ -51,11 +59,14 @@ def worker_command(
     or Ctrl-C fails the running trial cleanly ("interrupted", run again by another worker). A
     database that restarts is waited for (15 s when the worker starts, 30 s later on).
     """
+    if models and command is None:
+        raise SteplawInputError("--model applies with --command only (the worker's own command)")
     if heartbeat_interval is not None and heartbeat_interval < 1:
         raise SteplawInputError(f"--heartbeat-interval must be >= 1, got {heartbeat_interval}")
     from rich.console import Console
 
     from steplaw_opt.cli import _render_tune as render
+    from steplaw_opt.cli._tune import parse_model_entries
     from steplaw_opt.objectives._command import stored_command, worker_objective
     from steplaw_opt.tracking import ATTR_TRACKING_URI, MlflowTracker
     from steplaw_opt.tune import load_tuned_study, run_worker
@@ -66,7 +77,11 @@ def worker_command(
     def opened() -> tuple[Any, Any, str | None, Any]:
         study = load_tuned_study(study_name, storage)  # one-line refusals: missing, foreign
         # Its own command, checked against the study's before anything runs (docs/security.md).
-        objective = worker_objective(study, command) if command is not None else None
+        objective = (
+            worker_objective(study, command, parse_model_entries(models))
+            if command is not None
+            else None
+        )
         return study, objective, stored_command(study), study.user_attrs.get(ATTR_TRACKING_URI)
 
     # a worker started while the database restarts waits for it (up to 15 s)

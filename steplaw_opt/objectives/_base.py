@@ -74,6 +74,12 @@ class Objective(abc.ABC):
         token fractions at the target's N (:meth:`allowed_tokens`)."""
         return None
 
+    def check_scales(self, scales: Sequence[Scale]) -> None:
+        """Raise :class:`~steplaw_opt.errors.SteplawInputError` (one line) when this objective
+        cannot run at one of the planned ``scales`` (a model size it cannot build, say), before
+        any run is spent. The default accepts every scale."""
+        return None
+
     def allowed_batch_sizes(self, scale: Scale) -> Sequence[float] | None:
         """The batch sizes this objective can run, if it is restricted (``None``: any)."""
         return None

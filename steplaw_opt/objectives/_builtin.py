@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from steplaw_opt.objectives._base import Objective, RunContext, TrialFailed
@@ -34,6 +35,13 @@ class BuiltinTrainerObjective(Objective):
         self.seed = seed
         if corpus is not None:
             trainer.load_corpus(corpus)  # fail now, with the path named, not in trial 1
+
+    def check_scales(self, scales: Sequence[Scale]) -> None:
+        """Every planned model size must have a shape
+        (:func:`~steplaw_opt.trainer.shape_for_params`: a rung of a ladder far below the
+        target can be too small for a transformer)."""
+        for scale in scales:
+            self._trainer.shape_of(scale)
 
     def expected_seconds(self, scale: Scale) -> float | None:
         """6·N·D FLOPs at the trainer's rate on its device (an order of magnitude:

@@ -47,7 +47,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -79,6 +79,7 @@ PLACEHOLDERS = (
     "trial_number",
     "trial_dir",
     "metrics_file",
+    "model_args",
 )
 SCHEDULE_PLACEHOLDERS = ("warmup_steps", "decay_steps")
 STDERR_TAIL_LINES = 5
@@ -186,16 +187,28 @@ def shell_quote(value: str, state: str) -> str:
     return shlex.quote(value)
 
 
-def render_template(parts: list[tuple[str, str | None]], values: Mapping[str, str]) -> str:
+def render_template(
+    parts: list[tuple[str, str | None]], values: Mapping[str, str | Sequence[str]]
+) -> str:
     """Fill parsed template ``parts`` with ``values``, each quoted for the shell where it
-    stands."""
+    stands; a value that is a sequence of words (``{model_args}``) stands bare, each word
+    quoted on its own."""
     out: list[str] = []
     state = ""
     for literal, name in parts:
         out.append(literal)
         state = _quote_state(literal, state)
         if name is not None:
-            out.append(shell_quote(values[name], state))
+            value = values[name]
+            if isinstance(value, str):
+                out.append(shell_quote(value, state))
+            elif state:  # several words cannot stand inside one quoted word
+                raise SteplawInputError(
+                    f"placeholder {{{name}}} stands inside quotes in the command template; "
+                    "write it bare (it is several words, each quoted for the shell)"
+                )
+            else:
+                out.append(" ".join(shlex.quote(word) for word in value))
     return "".join(out)
 
 
@@ -233,7 +246,7 @@ class CommandObjective(Objective):
     Args:
         template: the command, with placeholders ``{lr} {batch_size} {batch_tokens} {tokens}
             {params} {seq_len} {steps} {warmup_steps} {decay_steps} {trial_number} {trial_dir}
-            {metrics_file}``.
+            {metrics_file} {model_args}``.
         batch_unit: the unit of ``{batch_size}``: ``"sequences"`` (of ``seq_len``) or
             ``"tokens"``; ``{batch_tokens}`` is always tokens.
         timeout: seconds per run (``None``: no limit); the whole process group is stopped.
@@ -255,6 +268,10 @@ class CommandObjective(Objective):
             at the last step, nanoGPT's ``lr_decay_iters``; 0.2: a WSD cooldown's length); at
             least ``{warmup_steps}`` + 1 when the template uses both and this fraction is not
             below the warmup's (:meth:`schedule_steps`).
+        models: the model configs a ladder runs (:func:`parse_models`): non-embedding size N
+            → the arguments that build it (``"--n_layer=6 --n_embd=384"``), which
+            ``{model_args}`` becomes for a run at that N, as shell words, each quoted. Give the
+            ladder's sizes to the study (``tune(ladder=…)``; the CLI's ``--model`` does both).
     """
 
     name = "command"
@@ -275,6 +292,7 @@ class CommandObjective(Objective):
         step_key: str = "step",
         warmup_fraction: float = WARMUP_FRACTION,
         decay_fraction: float = DECAY_FRACTION,
+        models: Mapping[float, str] | None = None,
     ) -> None:
         if not isinstance(template, str) or not template.strip():
             raise SteplawInputError("command template is empty")
@@ -317,9 +335,40 @@ class CommandObjective(Objective):
         self.timeout = timeout
         self.workdir = _check_workdir(workdir)
         self.env = _check_env(env)
+        self.models = parse_models(models)
+        if "model_args" in self.fields and not self.models:
+            raise SteplawInputError(
+                "the command template uses {model_args} but no model configs were given "
+                "(--model N=ARGS)"
+            )
+        if self.models and not {"model_args", "params"} & set(self.fields):
+            raise SteplawInputError(
+                "model configs were given but the command template has neither {model_args} "
+                "nor {params}: the job would train the same model at every size"
+            )
         # A trial render now, with values like a real trial's: whatever the template does
         # wrong shows here, not at the first trial.
-        self.render(1e-3, 64, Scale(N=1e9, D=1e11), 0, "/tmp/steplaw-trial-x/metrics.json")
+        sample_n = next(iter(self.models), 1e9)
+        self.render(1e-3, 64, Scale(N=sample_n, D=1e11), 0, "/tmp/steplaw-trial-x/metrics.json")
+
+    def model_words(self, scale: Scale) -> list[str]:
+        """``{model_args}`` at ``scale``: the words of the model config of its N (sizes match
+        to a relative 1e-6), or one line naming the size none was given for."""
+        n = float(scale.N or 0)
+        for size, words in self.models.items():
+            if math.isclose(size, n, rel_tol=1e-6):
+                return words
+        known = ", ".join(f"{m:.4g}" for m in self.models)
+        raise SteplawInputError(
+            f"no model config for N={n:.4g} (the command template uses {{model_args}}); "
+            f"--model gives {known}"
+        )
+
+    def check_scales(self, scales: Sequence[Scale]) -> None:
+        """With ``{model_args}`` in the template every planned size needs a model config."""
+        if "model_args" in self.fields:
+            for scale in scales:
+                self.model_words(scale)
 
     def steps(self, batch_size: float, scale: Scale) -> int:
         """``{steps}``: optimizer steps that train on the run's tokens,
@@ -351,7 +400,10 @@ class CommandObjective(Objective):
             "trial_dir": os.path.dirname(metrics) or ".",
             "metrics_file": metrics,
         }
-        return render_template(self._parts, values)
+        words: dict[str, str | Sequence[str]] = dict(values)
+        if "model_args" in self.fields:
+            words["model_args"] = self.model_words(scale)
+        return render_template(self._parts, words)
 
     def schedule_steps(self, steps: int) -> tuple[int, int]:
         """``{warmup_steps}`` and ``{decay_steps}`` for a run of ``steps``: their fractions of
@@ -380,6 +432,7 @@ class CommandObjective(Objective):
             **self.output.to_dict(),
             "warmup_fraction": self.warmup_fraction,
             "decay_fraction": self.decay_fraction,
+            "models": [[size, shlex.join(words)] for size, words in self.models.items()],
         }
 
     def identity_key(self) -> Any:
@@ -387,10 +440,15 @@ class CommandObjective(Objective):
         template uses them (they change what a run trains; how the loss is read may be fixed
         and the study resumed)."""
         used = [name for name in SCHEDULE_PLACEHOLDERS if name in self.fields]
+        if "model_args" in self.fields:  # the configs are what each size trains
+            models = [[size, words] for size, words in self.models.items()]
+            return [self.template, models, *(self._fractions(used) if used else [])]
         if not used:
             return self.template
+        return [self.template, *self._fractions(used)]
+
+    def _fractions(self, used: list[str]) -> list[float | None]:
         return [
-            self.template,
             self.warmup_fraction if "warmup_steps" in used else None,
             self.decay_fraction if "decay_steps" in used else None,
         ]
@@ -695,10 +753,13 @@ def stored_command(study: Any) -> str | None:
     return None
 
 
-def worker_objective(study: Any, command: str) -> CommandObjective:
+def worker_objective(
+    study: Any, command: str, models: Mapping[float, str] | None = None
+) -> CommandObjective:
     """The objective of a worker that states its own ``command`` (``worker --command``): the
-    study must store exactly that command, or the worker refuses in one line and runs nothing;
-    the worker then runs its own copy, never the stored text (which may change meanwhile)."""
+    study must store exactly that command, and the same model configs as ``models`` (the
+    worker's ``--model``), or the worker refuses in one line and runs nothing; the worker then
+    runs its own copies, never the stored text (which may change meanwhile)."""
     from steplaw_opt._records import ATTR_CONFIG
 
     stored = stored_command(study)
@@ -710,8 +771,21 @@ def worker_objective(study: Any, command: str) -> CommandObjective:
         )
     doc = json.loads(study.user_attrs[ATTR_CONFIG])
     timeout = doc.get("timeout_per_trial")
+    own = parse_models(models)
+    stored_models = parse_models(_stored_models(doc["objective"].get("models")))
+    if own != stored_models:
+        shown = ", ".join(f"{n:.4g}" for n in stored_models) or "none"
+        raise SteplawInputError(
+            f"the study's stored model configs differ from this worker's --model: study "
+            f"{study.study_name!r} stores {shown}; give the same --model entries as tune; "
+            "nothing was run"
+        )
     return command_objective_from_spec(
-        {**doc["objective"], "command": command},  # its own copy of the template
+        {  # its own copies of the template and the model configs
+            **doc["objective"],
+            "command": command,
+            "models": [[n, shlex.join(w)] for n, w in own.items()],
+        },
         batch_unit=doc.get("batch_unit", "sequences"),
         timeout=float(timeout) if isinstance(timeout, (int, float)) else None,
     )
@@ -737,7 +811,56 @@ def command_objective_from_spec(
         step_key=spec.get("step_key", "step"),
         warmup_fraction=spec.get("warmup_fraction", WARMUP_FRACTION),
         decay_fraction=spec.get("decay_fraction", DECAY_FRACTION),
+        models=_stored_models(spec.get("models")),
     )
+
+
+def _stored_models(pairs: Any) -> dict[float, str] | None:
+    if pairs is None or pairs == []:
+        return None
+    try:
+        return {float(size): str(args) for size, args in pairs}
+    except (TypeError, ValueError):
+        raise SteplawInputError(
+            f"the study's stored model configs are not [N, args] pairs: {_shown(repr(pairs))}"
+        ) from None
+
+
+MAX_MODELS = 16
+
+
+def parse_models(models: Mapping[float, str] | None) -> dict[float, list[str]]:
+    """Model configs as size → shell words (``shlex.split``), largest first: each size a
+    positive number, no size twice, each config text that splits (balanced quotes).
+
+    >>> parse_models({6e6: "--n_layer=4 --n_embd='256'", 2.5e7: "--n_layer=6"})
+    {25000000.0: ['--n_layer=6'], 6000000.0: ['--n_layer=4', '--n_embd=256']}
+    """
+    if not models:
+        return {}
+    if not isinstance(models, Mapping):
+        raise SteplawInputError(
+            f"models must map a size N to its arguments, got {_shown(repr(models))}"
+        )
+    if len(models) > MAX_MODELS:
+        raise SteplawInputError(f"{len(models)} model configs, more than {MAX_MODELS}: a typo?")
+    out: dict[float, list[str]] = {}
+    for size, args in sorted(models.items(), key=lambda kv: -float(kv[0])):
+        n = float(size)
+        if not (math.isfinite(n) and n > 0):
+            raise SteplawInputError(f"model size must be a positive number, got {size!r}")
+        if not isinstance(args, str) or "\x00" in args:
+            raise SteplawInputError(f"the arguments of model N={n:.4g} must be text, got {args!r}")
+        if any(math.isclose(n, m, rel_tol=1e-6) for m in out):
+            raise SteplawInputError(f"model size N={n:.4g} is given twice")
+        try:
+            out[n] = shlex.split(args)
+        except ValueError as exc:
+            raise SteplawInputError(
+                f"the arguments of model N={n:.4g} do not split into words ({exc}): "
+                f"{_shown(args)!r}"
+            ) from None
+    return out
 
 
 STOP_GRACE = 10.0  # seconds a job gets between SIGTERM and SIGKILL (STEPLAW_STOP_GRACE)

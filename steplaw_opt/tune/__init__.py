@@ -22,7 +22,7 @@ from steplaw_opt.tune._config import (
     default_bounds,
     make_sampler,
 )
-from steplaw_opt.tune._plan import ProxyPlan, ProxyStage, plan_proxies, run_cost
+from steplaw_opt.tune._plan import ProxyPlan, ProxyStage, ladder_scales, plan_proxies, run_cost
 from steplaw_opt.tune._result import TrialEvent, TuneResult
 from steplaw_opt.tune._study import DEFAULT_STORAGE, default_study_name, load_tuned_study
 from steplaw_opt.tune._tune import (
@@ -50,6 +50,7 @@ __all__ = [
     "check_card_path",
     "default_bounds",
     "default_study_name",
+    "ladder_scales",
     "load_tuned_study",
     "make_sampler",
     "objective_from_spec",

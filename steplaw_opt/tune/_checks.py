@@ -10,6 +10,7 @@ taken as the integer it is.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections.abc import Sequence
@@ -107,3 +108,29 @@ def rounding(value: Any) -> Any:
         return check_rounding(value)
     except SteplawInputError as exc:
         raise SteplawInputError(str(exc).replace("batch rounding", "round_batch", 1)) from None
+
+
+MAX_RUNGS = 16  # far more rungs than any plan can fund: a longer ladder is a mistake
+
+
+def ladder(value: Any) -> tuple[float, ...] | None:
+    """``None``, or proxy model sizes N: positive finite numbers, no two equal, as a tuple of
+    floats from the largest down (their order does not change the plan)."""
+    if value is None:
+        return None
+    what = "a list of positive model sizes N"
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise SteplawInputError(f"ladder must be {what}, got {show(value)}")
+    sizes = [as_number("ladder size", x, "a positive number") for x in value]
+    bad = [x for x in sizes if x <= 0]
+    if bad:
+        raise SteplawInputError(f"ladder size must be a positive number, got {show(bad[0])}")
+    if not sizes:
+        raise SteplawInputError("ladder must hold at least one model size (or be None)")
+    if len(sizes) > MAX_RUNGS:
+        raise SteplawInputError(f"ladder has {len(sizes)} sizes, more than {MAX_RUNGS}: a typo?")
+    ordered = sorted(sizes, reverse=True)
+    for a, b in itertools.pairwise(ordered):
+        if math.isclose(a, b, rel_tol=1e-9):
+            raise SteplawInputError(f"ladder size {b:g} is given twice")
+    return tuple(ordered)

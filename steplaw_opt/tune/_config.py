@@ -18,7 +18,7 @@ from steplaw_opt.priors import Law, Prior, load_law
 from steplaw_opt.priors._law import BatchRounding
 from steplaw_opt.scale import Scale
 from steplaw_opt.space import BatchUnit
-from steplaw_opt.tune._plan import ProxyPlan, check_budget, plan_proxies
+from steplaw_opt.tune._plan import ProxyPlan, check_budget, ladder_scales, plan_proxies
 from steplaw_opt.tune._time import TimeBudget
 
 SamplerName = Literal["plateau", "botorch"]
@@ -47,6 +47,12 @@ class TuneConfig:
         batch_multiple: the batch must be a multiple of this (micro-batch × data-parallel size).
         round_batch: quantisation of the recommended batch: ``"none"``, ``"pow2"`` or ``k``.
         smaller_n: allow proxy runs at a quarter of the target's N.
+        ladder: proxy model sizes N (non-embedding parameters, each smaller than the
+            target's): a ladder across model size. Each rung runs at the same tokens per
+            parameter as the target (D·N_rung/N_target), costs (N_rung/N_target)² of a target
+            run, and the plan spreads the budget over the rungs
+            (:func:`~steplaw_opt.tune.plan_proxies`) instead of over token fractions at the
+            target's N. ``None``: no ladder.
         drift: let the law's error move with scale (the sampler's drift terms,
             :func:`~steplaw_opt.landscape.fit_bowl`): proxies at several scales that agree on
             a trend carry it to the target, within a prior on how far a law's exponents can
@@ -82,6 +88,7 @@ class TuneConfig:
     batch_multiple: int | None = None
     round_batch: BatchRounding = "none"
     smaller_n: bool = False
+    ladder: tuple[float, ...] | None = None
     drift: bool = True
     timeout_per_trial: float | None = None
     heartbeat_interval: int | None = None
@@ -114,6 +121,7 @@ class TuneConfig:
             ),
             "round_batch": c.rounding(self.round_batch),
             "smaller_n": c.flag("smaller_n", self.smaller_n),
+            "ladder": c.ladder(self.ladder),
             "drift": c.flag("drift", self.drift),
             "timeout_per_trial": None
             if timeout is None
@@ -143,6 +151,34 @@ class TuneConfig:
         for key, value in checked.items():
             object.__setattr__(self, key, value)
         check_budget(self.budget, self.n_trials, self.target_runs)
+        if self.ladder is not None and self.smaller_n:
+            raise SteplawInputError("give a ladder or smaller_n, not both (a ladder names its N)")
+
+    def plan(
+        self,
+        target: Scale,
+        allowed_tokens: Sequence[float] | None = None,
+        allowed_scales: Sequence[Scale] | None = None,
+    ) -> ProxyPlan:
+        """The proxy plan at ``target``; ``allowed_tokens`` and ``allowed_scales`` are what the
+        objective can run (:meth:`~steplaw_opt.objectives.Objective.allowed_scales`), ``None``
+        when it can run anything. A ladder needs an objective that builds any model size."""
+        if self.ladder is not None:
+            if allowed_scales is not None or allowed_tokens is not None:
+                raise SteplawInputError(
+                    "this objective chooses its own proxy scales (a replayed grid): "
+                    "a ladder cannot be used with it"
+                )
+            allowed_scales = ladder_scales(target, self.ladder)
+        return plan_proxies(
+            target,
+            self.budget,
+            n_trials=self.n_trials,
+            allowed_tokens=allowed_tokens,
+            smaller_n=bool(self.smaller_n),
+            target_runs=int(self.target_runs or 0),
+            allowed_scales=allowed_scales,
+        )
 
     @property
     def law_card(self) -> Law:
@@ -182,6 +218,7 @@ class TuneConfig:
             "batch_multiple": self.batch_multiple,
             "round_batch": rounding if isinstance(rounding, (str, int)) else "none",
             "smaller_n": bool(self.smaller_n),
+            "ladder": list(self.ladder) if self.ladder is not None else None,
             "drift": bool(self.drift),
             "timeout_per_trial": self.timeout_per_trial,
             "heartbeat_interval": self.heartbeat_interval,
@@ -209,6 +246,7 @@ class TuneConfig:
             batch_multiple=doc.get("batch_multiple"),
             round_batch=doc.get("round_batch", "none"),
             smaller_n=bool(doc.get("smaller_n")),
+            ladder=doc.get("ladder"),
             drift=bool(doc.get("drift", True)),
             timeout_per_trial=doc.get("timeout_per_trial"),
             heartbeat_interval=doc.get("heartbeat_interval"),
@@ -336,15 +374,7 @@ class StudySetup:
         objective can run at the target's N and ``allowed_scales`` the (N, D) it can run at
         all (a replayed grid), or ``None``."""
         law = config.law_card
-        plan = plan_proxies(
-            target,
-            config.budget,
-            n_trials=config.n_trials,
-            allowed_tokens=allowed_tokens,
-            smaller_n=bool(config.smaller_n),
-            target_runs=int(config.target_runs or 0),
-            allowed_scales=allowed_scales,
-        )
+        plan = config.plan(target, allowed_tokens, allowed_scales)
         schedule = list(plan.schedule())
         lr_b, batch_b = check_bounds(
             law, target, schedule, config.batch_unit, config.lr_bounds, config.batch_bounds

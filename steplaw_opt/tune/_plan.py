@@ -54,6 +54,21 @@ class ProxyPlan:
     def compute(self) -> float:
         return sum(s.compute for s in self.stages)
 
+    def purposes(self) -> list[str]:
+        """What each stage is for, in order: the cheapest locates the bowl (its offset from
+        the law), each one closer to the target measures how that offset moves with N and D
+        (the drift the sampler carries to the target), and runs at the target measure it
+        there."""
+        out = []
+        for i, stage in enumerate(self.stages):
+            if stage.cost >= 1 - 1e-9:
+                out.append("the target itself")
+            elif i == 0:
+                out.append("locate the bowl")
+            else:
+                out.append("measure the drift")
+        return out
+
     def schedule(self) -> list[Scale]:
         """One scale per planned run, in order."""
         return [s.scale for s in self.stages for _ in range(s.runs)]
@@ -65,8 +80,14 @@ class ProxyPlan:
             "compute": self.compute,
             "runs": self.total_runs,
             "stages": [
-                {"N": s.scale.N, "D": s.scale.D, "runs": s.runs, "cost_each": s.cost}
-                for s in self.stages
+                {
+                    "N": s.scale.N,
+                    "D": s.scale.D,
+                    "runs": s.runs,
+                    "cost_each": s.cost,
+                    "purpose": purpose,
+                }
+                for s, purpose in zip(self.stages, self.purposes(), strict=True)
             ],
         }
 
@@ -163,6 +184,26 @@ def plan_proxies(
     return ProxyPlan(target, float(budget), tuple(planned))
 
 
+def ladder_scales(target: Scale, sizes: Sequence[float]) -> list[Scale]:
+    r"""The rungs of a ladder across model size: one scale per size :math:`N_r`, trained on
+    the target's tokens per parameter, :math:`D_r = D_t N_r / N_t` (as labs' scaling ladders
+    keep tokens in proportion to parameters), so a rung costs :math:`(N_r / N_t)^2` of a
+    target run. Each size must be smaller than the target's N.
+
+    >>> [str(s) for s in ladder_scales(Scale(N=1e9, D=2e10), [2.5e8, 6.25e7])]
+    ['N=250M D=5B', 'N=62.5M D=1.25B']
+    """
+    n_target, d_target = float(target.N or 0), float(target.D or 0)
+    rungs = []
+    for n in sizes:
+        if not 0 < n < n_target * (1 - 1e-9):
+            raise SteplawInputError(
+                f"ladder size N={n:.4g} is not smaller than the target's N={n_target:.4g}"
+            )
+        rungs.append(Scale(N=float(n), D=d_target * float(n) / n_target, seq_len=target.seq_len))
+    return rungs
+
+
 def _token_scales(
     target: Scale,
     allowed_tokens: Sequence[float] | None,
@@ -197,9 +238,18 @@ def _allocate(costs: Sequence[float], budget: float) -> list[int]:
         active.pop()
     if not active:
         return runs
-    share = budget / len(active)
+    # A stage whose one run costs more than an equal share gets that one run; the others
+    # share what is left equally (so the plan never spends past the budget).
+    fixed = [i for i in active if costs[i] > budget / len(active)]
+    while True:
+        rest = [i for i in active if i not in fixed]
+        share = (budget - sum(costs[i] for i in fixed)) / max(len(rest), 1)
+        more = [i for i in rest if costs[i] > share]
+        if not more:
+            break
+        fixed += more
     for i in active:
-        runs[i] = max(1, int(share / costs[i] + 1e-9))
+        runs[i] = 1 if i in fixed else max(1, int(share / costs[i] + 1e-9))
     left = budget - sum(r * c for r, c in zip(runs, costs, strict=True))
     while True:
         fits = [i for i in active if costs[i] <= left + 1e-12]

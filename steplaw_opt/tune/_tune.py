@@ -79,6 +79,7 @@ def tune(
     round_batch: BatchRounding = "none",
     timeout_per_trial: float | None = None,
     smaller_n: bool = False,
+    ladder: Sequence[float] | None = None,
     drift: bool = True,
     target_runs: int = 0,
     heartbeat_interval: int | None = None,
@@ -154,6 +155,7 @@ def tune(
         batch_multiple=batch_multiple,
         round_batch=round_batch,
         smaller_n=smaller_n,
+        ladder=None if ladder is None else tuple(ladder),
         drift=drift,
         timeout_per_trial=timeout_per_trial,
         heartbeat_interval=heartbeat_interval,
@@ -182,6 +184,7 @@ def tune(
         None if scales is None else [[float(s.N or 0), float(s.D or 0)] for s in scales]
     )
     setup = StudySetup.build(target, config, allowed_tokens, _scales(allowed_scales, target))
+    objective.check_scales(setup.schedule)  # before the study is made
     law_obj = config.law_card
     study = open_shared_study(
         optuna,
@@ -357,6 +360,7 @@ PLAN_KEYS = (
     "n_trials",
     "target_runs",
     "smaller_n",
+    "ladder",
     "allowed_tokens",
     "allowed_scales",
     "lr_bounds",
