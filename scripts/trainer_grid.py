@@ -23,6 +23,21 @@ share the machine). The issue's N ≈ 1e5, D ≈ 2e7 would take hours.
 
     python scripts/trainer_grid.py                       # the committed grid
     python scripts/trainer_grid.py --tokens 5e5 --out /tmp/g.csv   # a quicker look
+
+The second grid, ``docs/data/trainer_grid_4e5.csv`` (N = 4e5: d_model 96, d_ff 335, 3 layers;
+D = 2e6, seq_len 128; 4× the first model, so that ladders of smaller models can be scored on
+two targets), is 23 seed-0 cells — lr × 2^-5 … 2^-1 at batches 2, 4, 9 and 18 sequences (law ×
+2^-3 … 2^0), and lr × 2^0 at batches 4, 9, 18 — plus two more seeds at (lr × 2^-1, batch 18),
+the cell next to the law's point (the law's own point is 31 % above the best there, far out on
+the bowl's wall where repeats say little about the noise near the bottom). It ran in shards,
+one per core, their rows concatenated under one header (4,294 s of runs):
+
+    python scripts/trainer_grid.py --params 4e5 --lr-exponents=-5,-4,-3,-2,-1 \
+        --batch-exponents=-3,-1 --extra-seeds 0 --out /tmp/a.csv
+    python scripts/trainer_grid.py --params 4e5 --lr-exponents=-5,-4,-3,-2,-1 \
+        --batch-exponents=-2,0 --out /tmp/b.csv   # 2 repeats of its cell nearest the law
+    python scripts/trainer_grid.py --params 4e5 --lr-exponents=0 --batch-exponents=-2,-1,0 \
+        --extra-seeds 0 --out /tmp/c.csv
 """
 
 from __future__ import annotations
