@@ -33,6 +33,11 @@ def _write(folder: Path, name: str, text: str) -> str:
     return str(path)
 
 
+def _plan_for_1b(*args: str) -> list[str]:
+    """A dry-run plan for a 1B-parameter, 20B-token target with ``args``."""
+    return ["tune", "--params", "1B", "--tokens", "20B", *args, "--dry-run"]
+
+
 # (id, argv builder given a scratch folder, text the one line must contain)
 CLI_CASES = [
     ("size-negative", lambda d: ["predict", "--params", "-7B", "--tokens", "1T"], "'-7B'"),
@@ -501,6 +506,23 @@ CLI_CASES = [
         ],
         "too small for a transformer",
     ),
+    (
+        "ladder-far-below-target",
+        lambda d: _plan_for_1b("--builtin", "--ladder", "1e9"),
+        "ladder size N=1 is less than 1/1000 of the target's N=1e+09",
+    ),
+    (
+        "model-far-below-target",
+        lambda d: _plan_for_1b(
+            "--command", "python t.py {model_args} --lr {lr}", "--model", "1K=--n_layer=1"
+        ),
+        "ladder size N=1000 is less than 1/1000 of the target's N=1e+09",
+    ),
+    (
+        "demo-with-model",
+        lambda d: ["tune", "--demo", "--model", "50K=--n_layer=1", "--dry-run"],
+        "--model applies to --command only",
+    ),
 ]
 
 _LR = (
@@ -734,7 +756,7 @@ def test_api_bad_input(call, needle):
 
 # The number of kinds of bad input the corpus holds (issue 14 found 46 when filed; the corpus
 # held 56 before its hostile-input classes were added). Adding a kind means raising this.
-KINDS = 92
+KINDS = 95
 
 
 def test_the_corpus_counts_its_kinds():

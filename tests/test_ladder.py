@@ -198,3 +198,122 @@ def test_model_configs_are_stored_for_workers_and_part_of_what_the_study_tunes()
     # a template that takes the size only through {params} is identified by itself, as before
     plain = CommandObjective("python t.py --params {params} --lr {lr}", models=MODELS)
     assert plain.identity_key() == "python t.py --params {params} --lr {lr}"
+
+
+# ------------------------------------------------------------ cheap rungs, plans in one pass
+def test_a_rung_far_below_the_target_is_refused_in_one_line():
+    with pytest.raises(SteplawInputError) as info:
+        ladder_scales(TARGET, [2.5e8, 1e3])
+    assert "ladder size N=1000 is less than 1/1000 of the target's N=1e+09" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert ladder_scales(TARGET, [TARGET.N / 1000])  # the floor itself is allowed
+
+
+@pytest.mark.parametrize("costs", [[1e-24], [1e-18, 1e-6], [1e-12, 1e-9, 0.3]])
+def test_allocating_very_cheap_stages_is_arithmetic_not_one_run_per_pass(costs):
+    from steplaw_opt.tune._plan import _allocate
+
+    runs = _allocate(costs, 1.0)  # returns at once: a run-per-pass loop would take ~1e24 passes
+    assert sum(r * c for r, c in zip(runs, costs, strict=True)) <= 1.0 + 1e-9
+    assert all(r >= 1 for r in runs)
+    assert 1.0 - sum(r * c for r, c in zip(runs, costs, strict=True)) < min(costs) * 2
+
+
+def test_capping_a_huge_plan_is_one_step_and_keeps_the_cheapest_stages_giving_way():
+    from steplaw_opt.tune._plan import ProxyStage, _cap
+
+    a, b = ladder_scales(TARGET, [2.5e8, 1e6])
+    stages = [ProxyStage(b, 10**15, 1e-6), ProxyStage(a, 3, 1 / 16)]
+    capped = _cap(stages, 5)
+    assert [(st.scale, st.runs) for st in capped] == [(b, 2), (a, 3)]
+    assert [(st.scale, st.runs) for st in _cap(stages, 2)] == [(b, 1), (a, 1)]
+    assert [(st.scale, st.runs) for st in _cap(stages, 1)] == [(a, 1)]
+
+
+def test_a_plan_of_many_cheap_runs_is_refused_or_capped_without_hanging():
+    config = TuneConfig(budget=1.0, ladder=(TARGET.N / 1000,))
+    with pytest.raises(SteplawInputError, match="plans 1,000,000 runs"):
+        config.plan(TARGET)
+    capped = TuneConfig(budget=1.0, n_trials=20, ladder=(TARGET.N / 1000,)).plan(TARGET)
+    assert capped.total_runs == 20
+
+
+def test_a_study_made_before_ladders_is_not_resumed_with_one(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    result = tune(TARGET, CallableObjective(_bowl), budget=0.1, storage=url, seed=0)
+    study = optuna.load_study(study_name=result.study_name, storage=url)
+    doc = json.loads(study.user_attrs[ATTR_CONFIG])
+    del doc["ladder"]  # as a study made before ladders stored it
+    study.set_user_attr(ATTR_CONFIG, json.dumps(doc))
+    with pytest.raises(SteplawInputError, match=r"was made with ladder=None, not \[250000000"):
+        tune(
+            TARGET,
+            CallableObjective(_bowl),
+            budget=0.1,
+            ladder=(TARGET.N / 4,),
+            storage=url,
+            study_name=result.study_name,
+        )
+    again = tune(  # and without a ladder it resumes as before
+        TARGET, CallableObjective(_bowl), budget=0.1, storage=url, study_name=result.study_name
+    )
+    assert again.study_name == result.study_name
+
+
+@pytest.mark.parametrize(
+    ("ladder", "needle"),
+    [
+        (2.5e8, "ladder must be a list of positive model sizes N, got 250000000.0"),
+        ("250M", "ladder must be a list of positive model sizes N, got '250M'"),
+    ],
+)
+def test_tune_refuses_a_ladder_that_is_not_a_list_in_one_line(ladder, needle, tmp_path):
+    with pytest.raises(SteplawInputError) as info:
+        tune(TARGET, CallableObjective(_bowl), ladder=ladder, storage=f"sqlite:///{tmp_path}/s.db")
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.parametrize("size", ["25M", None, True, math.inf, 0])
+def test_model_sizes_that_are_not_positive_numbers_are_one_line(size):
+    with pytest.raises(SteplawInputError) as info:
+        CommandObjective(TEMPLATE, models={2.5e8: "--n_layer=12", size: "--n_layer=2"})
+    assert "model size must be a positive number, got" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_resume_with_other_model_configs_names_them():
+    from steplaw_opt.tune._tune import check_settings, objective_identity
+
+    mine = objective_identity(CommandObjective(TEMPLATE, models=MODELS), None)
+    theirs = objective_identity(
+        CommandObjective(TEMPLATE, models={**MODELS, 2.5e8: "--n_layer=10"}), None
+    )
+    with pytest.raises(SteplawInputError) as info:
+        check_settings("s", {}, {}, theirs, mine)
+    message = str(info.value)
+    assert "with models 2.5e+08=--n_layer=10" in message
+    assert "with models 2.5e+08=--n_layer=12 --n_embd=1024" in message
+
+
+def test_a_worker_given_an_objective_that_cannot_run_a_rung_is_refused_before_any_run(tmp_path):
+    from steplaw_opt.tune import run_worker
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    objective = CommandObjective(TEMPLATE, models=MODELS)
+    ladder = (2.5e8, 6.25e7)
+    tune(
+        TARGET,
+        objective,
+        budget=0.1,
+        ladder=ladder,
+        storage=url,
+        study_name="ladder",
+        create_only=True,
+        seed=0,
+    )
+    fewer = CommandObjective(TEMPLATE, models={2.5e8: MODELS[2.5e8]})
+    with pytest.raises(SteplawInputError, match=r"no model config for N=6.25e\+07"):
+        run_worker("ladder", url, objective=fewer)
+    study = optuna.load_study(study_name="ladder", storage=url)
+    assert study.trials == []

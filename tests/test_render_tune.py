@@ -200,3 +200,19 @@ def test_a_note_of_a_finished_run_is_printed_below_its_row() -> None:
     lines = out.getvalue().splitlines()
     row = next(i for i, line in enumerate(lines) if line.strip().startswith("0 "))
     assert lines[row + 1] == note
+
+
+def test_a_ladder_study_shows_each_run_model_size_as_well_as_its_tokens() -> None:
+    from steplaw_opt.cli._render_tune import TrialDisplay
+
+    event = _running(phase="end", failure=None, best=2.3)
+    rows = {}
+    for show_n in (False, True):
+        out = io.StringIO()
+        console = Console(file=out, width=200, color_system=None)
+        TrialDisplay(console, 10, show_n=show_n).update(event)
+        rows[show_n] = next(
+            line for line in out.getvalue().splitlines() if line.strip().startswith("0 ")
+        )
+    assert "D=62.5K" in rows[False] and "N=" not in rows[False]
+    assert "N=100K D=62.5K" in rows[True]

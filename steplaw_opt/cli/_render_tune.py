@@ -139,9 +139,14 @@ class TrialDisplay:
     loss, elapsed time and an estimate of the rest (elapsed × steps left ÷ steps done), the
     compute and time the study has spent, and a bar of the runs done."""
 
-    def __init__(self, console: Console, total: int, *, enabled: bool = True) -> None:
+    def __init__(
+        self, console: Console, total: int, *, enabled: bool = True, show_n: bool = False
+    ) -> None:
         self.console = console
         self.enabled = enabled
+        # a ladder runs several model sizes: each line says which one, not only its tokens
+        self.show_n = show_n
+        self._scale_width = 17 if show_n else 10
         self.progress = _RunProgress(
             BarColumn(),
             MofNCompleteColumn(),
@@ -166,21 +171,24 @@ class TrialDisplay:
         if not self.enabled:
             return
         where = f"D={format_size(event.scale.D or 0)}"
+        if self.show_n:
+            where = f"N={format_size(event.scale.N or 0)} {where}"
         if event.phase in ("start", "progress"):
             self.progress.running = (event, where)
             return
         self.progress.running = None
         if not self._header:
             self.console.print(
-                f"{'trial':>5}  {'scale':>10}  {'lr':>9}  {'batch':>7}  {'loss':>9}  "
-                f"{'best here':>9}  {'compute':>7}  {'s':>6}"
+                f"{'trial':>5}  {'scale':>{self._scale_width}}  {'lr':>9}  {'batch':>7}  "
+                f"{'loss':>9}  {'best here':>9}  {'compute':>7}  {'s':>6}"
             )
             self._header = True
         loss = f"{event.loss:.4f}" if event.loss is not None else f"[red]{event.failure}[/red]"
         best = f"{event.best:.4f}" if event.best is not None else "—"
         self.console.print(
-            f"{event.number:>5}  {where:>10}  {event.lr:>9.3g}  {event.batch_size:>7g}  "
-            f"{loss:>9}  {best:>9}  {event.compute_spent:>7.3f}  {event.seconds:>6.1f}"
+            f"{event.number:>5}  {where:>{self._scale_width}}  {event.lr:>9.3g}  "
+            f"{event.batch_size:>7g}  {loss:>9}  {best:>9}  {event.compute_spent:>7.3f}  "
+            f"{event.seconds:>6.1f}"
         )
         for note in getattr(event, "notes", ()):
             self.console.print(f"[yellow]{escape(note)}[/yellow]")

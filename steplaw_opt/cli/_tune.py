@@ -50,8 +50,8 @@ def tune_command(
             "--command",
             help="Training command template: {lr} {batch_size} {batch_tokens} {tokens} {params} "
             "{seq_len} {steps} {warmup_steps} {decay_steps} {trial_number} {trial_dir} "
-            "{metrics_file}; it prints its loss as a last JSON line, or see --loss-pattern and "
-            "--metrics-format (docs/commands.md).",
+            "{metrics_file} {model_args}; it prints its loss as a last JSON line, or see "
+            "--loss-pattern and --metrics-format (docs/commands.md).",
         ),
     ] = None,
     loss_pattern: Annotated[
@@ -179,8 +179,8 @@ def tune_command(
         typer.Option(
             "--ladder",
             help="Proxy models smaller by these factors, tokens in proportion: 4,16 runs "
-            "proxies at N/4 on D/4 and N/16 on D/16 (costed by N·D). The command gets each "
-            "size through {params}, or {model_args} with --model.",
+            "proxies at N/4 on D/4 and N/16 on D/16 (costed by N·D; factors up to 1000). The "
+            "command gets each size through {params}, or {model_args} with --model.",
         ),
     ] = None,
     models: Annotated[
@@ -278,7 +278,8 @@ def tune_command(
         lr_min, lr_max = lr_min or DEMO_LR_BOUNDS[0], lr_max or DEMO_LR_BOUNDS[1]
         batch_min = batch_min or DEMO_BATCH_BOUNDS[0]
         batch_max = batch_max or DEMO_BATCH_BOUNDS[1]
-        if ladder is None and not smaller_n:
+        # --model is for --command only: leave it to say so instead of clashing with the ladder
+        if ladder is None and not smaller_n and not models:
             ladder = DEMO_LADDER
     from steplaw_opt.tune import _time
 
@@ -389,7 +390,12 @@ def tune_command(
     from steplaw_opt.tune._workers import stop_signals
 
     tracker = _tracker(tracking_uri, experiment, not no_mlflow, console)
-    display = render.TrialDisplay(console, plan.total_runs, enabled=not as_json)
+    display = render.TrialDisplay(
+        console,
+        plan.total_runs,
+        enabled=not as_json,
+        show_n=len({s.N for s in plan.schedule()}) > 1,
+    )
     try:
         # Ctrl-C, SIGTERM and SIGHUP all stop the job's process group and fail its trial.
         with stop_signals(), tracker, display:

@@ -37,6 +37,7 @@ import collections
 import contextlib
 import json
 import math
+import numbers
 import os
 import queue
 import re
@@ -844,15 +845,23 @@ def parse_models(models: Mapping[float, str] | None) -> dict[float, list[str]]:
         )
     if len(models) > MAX_MODELS:
         raise SteplawInputError(f"{len(models)} model configs, more than {MAX_MODELS}: a typo?")
+    sizes: dict[float, str] = {}
+    for size, args in models.items():
+        # a size is a number (25e6), not text ("25M": the CLI's --model parses those) or a bool
+        real = isinstance(size, numbers.Real) and not isinstance(size, bool)
+        if not (real and math.isfinite(float(size)) and float(size) > 0):
+            raise SteplawInputError(
+                f"model size must be a positive number, got {_shown(repr(size))}"
+            )
+        if any(math.isclose(float(size), m, rel_tol=1e-6) for m in sizes):
+            raise SteplawInputError(f"model size N={float(size):.4g} is given twice")
+        sizes[float(size)] = args
     out: dict[float, list[str]] = {}
-    for size, args in sorted(models.items(), key=lambda kv: -float(kv[0])):
-        n = float(size)
-        if not (math.isfinite(n) and n > 0):
-            raise SteplawInputError(f"model size must be a positive number, got {size!r}")
+    for n, args in sorted(sizes.items(), key=lambda kv: -kv[0]):
         if not isinstance(args, str) or "\x00" in args:
-            raise SteplawInputError(f"the arguments of model N={n:.4g} must be text, got {args!r}")
-        if any(math.isclose(n, m, rel_tol=1e-6) for m in out):
-            raise SteplawInputError(f"model size N={n:.4g} is given twice")
+            raise SteplawInputError(
+                f"the arguments of model N={n:.4g} must be text, got {_shown(repr(args))}"
+            )
         try:
             out[n] = shlex.split(args)
         except ValueError as exc:

@@ -23,6 +23,9 @@ DEFAULT_FRACTIONS = (1 / 16, 1 / 8, 1 / 4)
 # Far beyond any real plan: a typo (1e9 for 1.0) is refused up front instead of planned.
 MAX_BUDGET = 1e4  # target-run equivalents
 MAX_RUNS = 100_000
+# The smallest ladder rung, as a fraction of the target's N: a 1B target's rungs stop at 1M.
+# Far below it a size is more likely a unit slip (1K for 1M) than a proxy worth running.
+MIN_RUNG_FRACTION = 1e-3
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,7 @@ def ladder_scales(target: Scale, sizes: Sequence[float]) -> list[Scale]:
     r"""The rungs of a ladder across model size: one scale per size :math:`N_r`, trained on
     the target's tokens per parameter, :math:`D_r = D_t N_r / N_t` (as labs' scaling ladders
     keep tokens in proportion to parameters), so a rung costs :math:`(N_r / N_t)^2` of a
-    target run. Each size must be smaller than the target's N.
+    target run. Each size must be smaller than the target's N and at least 1/1000 of it.
 
     >>> [str(s) for s in ladder_scales(Scale(N=1e9, D=2e10), [2.5e8, 6.25e7])]
     ['N=250M D=5B', 'N=62.5M D=1.25B']
@@ -199,6 +202,12 @@ def ladder_scales(target: Scale, sizes: Sequence[float]) -> list[Scale]:
         if not 0 < n < n_target * (1 - 1e-9):
             raise SteplawInputError(
                 f"ladder size N={n:.4g} is not smaller than the target's N={n_target:.4g}"
+            )
+        if n < n_target * MIN_RUNG_FRACTION * (1 - 1e-9):
+            raise SteplawInputError(
+                f"ladder size N={n:.4g} is less than 1/{1 / MIN_RUNG_FRACTION:.0f} of the "
+                f"target's N={n_target:.4g}: a typo? (a rung that small says little about "
+                "the target's optimum)"
             )
         rungs.append(Scale(N=float(n), D=d_target * float(n) / n_target, seq_len=target.seq_len))
     return rungs
@@ -251,13 +260,12 @@ def _allocate(costs: Sequence[float], budget: float) -> list[int]:
     for i in active:
         runs[i] = 1 if i in fixed else max(1, int(share / costs[i] + 1e-9))
     left = budget - sum(r * c for r, c in zip(runs, costs, strict=True))
-    while True:
-        fits = [i for i in active if costs[i] <= left + 1e-12]
-        if not fits:
-            break
-        i = max(fits, key=lambda j: costs[j])
-        runs[i] += 1
-        left -= costs[i]
+    # Leftovers, largest stage first, as many runs at once as fit: after its turn a stage no
+    # longer fits, so this takes one pass per stage however cheap the stages are.
+    for i in sorted(active, key=lambda j: costs[j], reverse=True):
+        extra = int(max(left, 0.0) / costs[i] + 1e-9)
+        runs[i] += extra
+        left -= extra * costs[i]
     return runs
 
 
@@ -265,8 +273,12 @@ def _cap(stages: list[ProxyStage], n_trials: int) -> list[ProxyStage]:
     """At most ``n_trials`` runs: remove runs from the cheapest stages first, keeping one run
     per stage as long as the cap allows."""
     runs = [s.runs for s in stages]
-    while sum(runs) > n_trials:
-        reducible = [i for i, r in enumerate(runs) if r > 1]
-        i = reducible[0] if reducible else next(i for i, r in enumerate(runs) if r > 0)
-        runs[i] -= 1
+    excess = sum(runs) - n_trials
+    # Down to one run per stage, cheapest first; then whole stages, cheapest first.
+    for keep in (1, 0):
+        for i, r in enumerate(runs):
+            take = min(max(excess, 0), r - keep)
+            if take > 0:
+                runs[i] -= take
+                excess -= take
     return [ProxyStage(s.scale, r, s.cost) for s, r in zip(stages, runs, strict=True) if r > 0]

@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import random
+import shlex
 import sys
 import time
 import weakref
@@ -155,7 +156,7 @@ def tune(
         batch_multiple=batch_multiple,
         round_batch=round_batch,
         smaller_n=smaller_n,
-        ladder=None if ladder is None else tuple(ladder),
+        ladder=ladder,
         drift=drift,
         timeout_per_trial=timeout_per_trial,
         heartbeat_interval=heartbeat_interval,
@@ -264,6 +265,9 @@ def run_worker(
         doc.get("allowed_tokens"),
         _scales(doc.get("allowed_scales"), target),
     )
+    # an objective given here (not rebuilt from the study) may not run every planned scale:
+    # refuse now, not at the first run it cannot build
+    objective.check_scales(setup.schedule)
     hb = heartbeat_interval if heartbeat_interval is not None else config.heartbeat_interval
     study = retry_opening(
         lambda: optuna.load_study(
@@ -367,6 +371,9 @@ PLAN_KEYS = (
     "batch_bounds",
     "batch_multiple",
 )
+# Plan settings added after studies were first stored, and what a stored study without one was
+# made with: a study from before ladders had none, so a resume with --ladder is refused too.
+PLAN_DEFAULTS: dict[str, Any] = {"ladder": None}
 CONFIG_WAIT = 10.0  # seconds a process joining a study just created waits for its settings
 # What a database another process is creating at the same moment says (SQLite, PostgreSQL;
 # Optuna asserts its version row exists, which it does not until the creator has written it).
@@ -408,10 +415,25 @@ def objective_identity(objective: Objective, spec: dict[str, Any] | None) -> dic
     return {"kind": "python", "what": type(objective).__name__, "key": None}
 
 
-def _describe(identity: dict[str, Any]) -> str:
+def _describe(identity: dict[str, Any], other: dict[str, Any] | None = None) -> str:
+    """The objective for people; when ``other`` shows the same text, what else tells them
+    apart (a command's model configs)."""
     what = str(identity.get("what"))
     what = what if len(what) <= 200 else what[:197] + "..."
-    return f"{identity.get('kind')} {what!r}"
+    shown = f"{identity.get('kind')} {what!r}"
+    if other is None or other.get("kind") != identity.get("kind") or other.get("what") != what:
+        return shown
+    key = identity.get("key")
+    models = key[1] if isinstance(key, list) and len(key) > 1 else None
+    if isinstance(models, list) and models and all(isinstance(m, list) for m in models):
+        configs = "; ".join(f"{_size(m[0])}={shlex.join(map(str, m[1]))}" for m in models)
+        configs = configs if len(configs) <= 200 else configs[:197] + "..."
+        return f"{shown} with models {configs}"
+    return f"{shown} (with other settings)"
+
+
+def _size(n: Any) -> str:
+    return f"{n:.4g}" if isinstance(n, (int, float)) else repr(n)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -440,15 +462,17 @@ def check_settings(
         )
         if differ:
             raise SteplawInputError(
-                f"study {name!r} tunes {_describe(theirs)}, not {_describe(mine)}; "
+                f"study {name!r} tunes {_describe(theirs, mine)}, not {_describe(mine, theirs)}; "
                 "pass another --study-name"
             )
     for key in PLAN_KEYS:
-        if key in stored and not _same(stored.get(key), given.get(key)):
+        if key not in stored and not (stored and key in PLAN_DEFAULTS):
+            continue  # a study with no stored settings: nothing to compare
+        if not _same(stored.get(key, PLAN_DEFAULTS.get(key)), given.get(key)):
             raise SteplawInputError(
-                f"study {name!r} was made with {key}={stored.get(key)!r}, not "
-                f"{given.get(key)!r}, and its plan is its own: resume it with {key}="
-                f"{stored.get(key)!r} or pass another --study-name"
+                f"study {name!r} was made with {key}={stored.get(key, PLAN_DEFAULTS.get(key))!r}, "
+                f"not {given.get(key)!r}, and its plan is its own: resume it with {key}="
+                f"{stored.get(key, PLAN_DEFAULTS.get(key))!r} or pass another --study-name"
             )
 
 
