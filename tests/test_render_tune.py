@@ -216,3 +216,4 @@ def test_a_ladder_study_shows_each_run_model_size_as_well_as_its_tokens() -> Non
         )
     assert "D=62.5K" in rows[False] and "N=" not in rows[False]
     assert "N=100K D=62.5K" in rows[True]
+    assert len(rows[True].rstrip()) <= 80  # a log or a plain terminal does not wrap it

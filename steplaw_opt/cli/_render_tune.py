@@ -146,7 +146,8 @@ class TrialDisplay:
         self.enabled = enabled
         # a ladder runs several model sizes: each line says which one, not only its tokens
         self.show_n = show_n
-        self._scale_width = 17 if show_n else 10
+        # the row stays within 80 columns with N shown ("N=12.5K D=1.25M" is 15)
+        self._scale_width, self._lr_width = (15, 8) if show_n else (10, 9)
         self.progress = _RunProgress(
             BarColumn(),
             MofNCompleteColumn(),
@@ -179,14 +180,14 @@ class TrialDisplay:
         self.progress.running = None
         if not self._header:
             self.console.print(
-                f"{'trial':>5}  {'scale':>{self._scale_width}}  {'lr':>9}  {'batch':>7}  "
-                f"{'loss':>9}  {'best here':>9}  {'compute':>7}  {'s':>6}"
+                f"{'trial':>5}  {'scale':>{self._scale_width}}  {'lr':>{self._lr_width}}  "
+                f"{'batch':>7}  {'loss':>9}  {'best here':>9}  {'compute':>7}  {'s':>6}"
             )
             self._header = True
         loss = f"{event.loss:.4f}" if event.loss is not None else f"[red]{event.failure}[/red]"
         best = f"{event.best:.4f}" if event.best is not None else "—"
         self.console.print(
-            f"{event.number:>5}  {where:>{self._scale_width}}  {event.lr:>9.3g}  "
+            f"{event.number:>5}  {where:>{self._scale_width}}  {event.lr:>{self._lr_width}.3g}  "
             f"{event.batch_size:>7g}  {loss:>9}  {best:>9}  {event.compute_spent:>7.3f}  "
             f"{event.seconds:>6.1f}"
         )

@@ -394,7 +394,7 @@ def tune_command(
         console,
         plan.total_runs,
         enabled=not as_json,
-        show_n=len({s.N for s in plan.schedule()}) > 1,
+        show_n=any(s.N != target.N for s in plan.schedule()),
     )
     try:
         # Ctrl-C, SIGTERM and SIGHUP all stop the job's process group and fail its trial.

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import decimal
 import json
 import math
 import numbers
@@ -847,15 +848,14 @@ def parse_models(models: Mapping[float, str] | None) -> dict[float, list[str]]:
         raise SteplawInputError(f"{len(models)} model configs, more than {MAX_MODELS}: a typo?")
     sizes: dict[float, str] = {}
     for size, args in models.items():
-        # a size is a number (25e6), not text ("25M": the CLI's --model parses those) or a bool
-        real = isinstance(size, numbers.Real) and not isinstance(size, bool)
-        if not (real and math.isfinite(float(size)) and float(size) > 0):
+        n = _as_size(size)
+        if n is None:
             raise SteplawInputError(
                 f"model size must be a positive number, got {_shown(repr(size))}"
             )
-        if any(math.isclose(float(size), m, rel_tol=1e-6) for m in sizes):
-            raise SteplawInputError(f"model size N={float(size):.4g} is given twice")
-        sizes[float(size)] = args
+        if any(math.isclose(n, m, rel_tol=1e-6) for m in sizes):
+            raise SteplawInputError(f"model size N={n:.4g} is given twice")
+        sizes[n] = args
     out: dict[float, list[str]] = {}
     for n, args in sorted(sizes.items(), key=lambda kv: -kv[0]):
         if not isinstance(args, str) or "\x00" in args:
@@ -870,6 +870,18 @@ def parse_models(models: Mapping[float, str] | None) -> dict[float, list[str]]:
                 f"{_shown(args)!r}"
             ) from None
     return out
+
+
+def _as_size(size: Any) -> float | None:
+    """A model size as a float: a real number (or Decimal), not text ("25M": the CLI's
+    --model parses those) or a bool, finite and positive once a float; ``None`` otherwise."""
+    if isinstance(size, bool) or not isinstance(size, (numbers.Real, decimal.Decimal)):
+        return None
+    try:
+        n = float(size)
+    except (OverflowError, ValueError):
+        return None
+    return n if math.isfinite(n) and n > 0 else None
 
 
 STOP_GRACE = 10.0  # seconds a job gets between SIGTERM and SIGKILL (STEPLAW_STOP_GRACE)

@@ -198,7 +198,8 @@ def ladder_scales(target: Scale, sizes: Sequence[float]) -> list[Scale]:
     """
     n_target, d_target = float(target.N or 0), float(target.D or 0)
     rungs = []
-    for n in sizes:
+    for size in sizes:
+        n = float(size)
         if not 0 < n < n_target * (1 - 1e-9):
             raise SteplawInputError(
                 f"ladder size N={n:.4g} is not smaller than the target's N={n_target:.4g}"
@@ -209,7 +210,7 @@ def ladder_scales(target: Scale, sizes: Sequence[float]) -> list[Scale]:
                 f"target's N={n_target:.4g}: a typo? (a rung that small says little about "
                 "the target's optimum)"
             )
-        rungs.append(Scale(N=float(n), D=d_target * float(n) / n_target, seq_len=target.seq_len))
+        rungs.append(Scale(N=n, D=d_target * n / n_target, seq_len=target.seq_len))
     return rungs
 
 

@@ -418,15 +418,17 @@ def objective_identity(objective: Objective, spec: dict[str, Any] | None) -> dic
 def _describe(identity: dict[str, Any], other: dict[str, Any] | None = None) -> str:
     """The objective for people; when ``other`` shows the same text, what else tells them
     apart (a command's model configs)."""
-    what = str(identity.get("what"))
-    what = what if len(what) <= 200 else what[:197] + "..."
+    full = str(identity.get("what"))
+    what = full if len(full) <= 200 else full[:197] + "..."
     shown = f"{identity.get('kind')} {what!r}"
-    if other is None or other.get("kind") != identity.get("kind") or other.get("what") != what:
+    same_text = other is not None and str(other.get("what")) == full
+    if other is None or other.get("kind") != identity.get("kind") or not same_text:
         return shown
     key = identity.get("key")
     models = key[1] if isinstance(key, list) and len(key) > 1 else None
     if isinstance(models, list) and models and all(isinstance(m, list) for m in models):
         configs = "; ".join(f"{_size(m[0])}={shlex.join(map(str, m[1]))}" for m in models)
+        configs = configs.replace("\n", "\\n").replace("\r", "\\r")  # one line
         configs = configs if len(configs) <= 200 else configs[:197] + "..."
         return f"{shown} with models {configs}"
     return f"{shown} (with other settings)"
