@@ -21,6 +21,8 @@ Both searches use the same bounds: lr in [1e-4, 0.3], batch in [2, 64] sequences
 
     python scripts/trainer_ladder_vs_grid.py                 # both grids, one CSV each
     python scripts/trainer_ladder_vs_grid.py --grid 1e5 --seeds 1 --budgets 0.1   # a quick look
+    python scripts/trainer_ladder_vs_grid.py --methods tune   # after a model change: TPE and
+                                                              # the law's point do not move
 """
 
 from __future__ import annotations
@@ -93,9 +95,15 @@ def tpe_point(target: Scale, rung: Scale, n_runs: int, seed: int) -> tuple[float
 
 
 def run_grid(
-    name: str, budgets: list[float], seeds: int, factors: list[float], start: float
+    name: str,
+    budgets: list[float],
+    seeds: int,
+    factors: list[float],
+    start: float,
+    methods: set[str],
 ) -> list[dict[str, object]]:
-    """The law, tune and TPE at every budget and seed on the grid of target N = ``name``."""
+    """The law, tune and TPE (those of them in ``methods``) at every budget and seed on the grid
+    of target N = ``name``."""
     law = load_law("step-law")
     rows: list[dict[str, object]] = []
     grid = grid_rows(GRIDS[name])
@@ -130,7 +138,8 @@ def run_grid(
 
     repeats = f", run-to-run sd at the law's point {noise:.2%}" if noise else ""
     print(f"grid N={name} (trainer N {n:.0f}): best {best:.4f}{repeats}")
-    record("law", 0.0, 0, law.lr_at(target), law.batch_tokens_at(target) / SEQ_LEN)
+    if "law" in methods:
+        record("law", 0.0, 0, law.lr_at(target), law.batch_tokens_at(target) / SEQ_LEN)
     for budget in budgets:
         plan = plan_proxies(target, budget, allowed_scales=rungs)
         print(
@@ -145,6 +154,10 @@ def run_grid(
             ),
         )
         for seed in range(seeds):
+            if "TPE" in methods:
+                record("TPE", budget, seed, *tpe_point(target, cheapest, n_tpe, seed))
+            if "tune" not in methods:
+                continue
             result = tune(
                 target,
                 BuiltinTrainerObjective(),
@@ -157,7 +170,6 @@ def run_grid(
             )
             opt = result.refined
             record("tune", budget, seed, opt.lr, opt.batch_sequences)
-            record("TPE", budget, seed, *tpe_point(target, cheapest, n_tpe, seed))
     return rows
 
 
@@ -168,7 +180,11 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--ladder", default="4,8", help="factors of N (tokens in proportion)")
     p.add_argument("--out", default=str(OUT), help="{grid} is the grid's N")
+    p.add_argument("--methods", default="law,tune,TPE", help="a comma list of law, tune, TPE")
     args = p.parse_args()
+    methods = set(args.methods.split(","))
+    if not methods or methods - {"law", "tune", "TPE"}:
+        p.error(f"--methods: choose from law, tune, TPE, got {args.methods!r}")
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -176,7 +192,7 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     start = time.perf_counter()
     for name in args.grid or sorted(GRIDS):
-        mine = run_grid(name, budgets, args.seeds, factors, start)
+        mine = run_grid(name, budgets, args.seeds, factors, start, methods)
         out = Path(args.out.format(grid=name))
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", newline="") as f:

@@ -3,7 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from steplaw_opt import SteplawInputError
+from steplaw_opt import SteplawInputError, landscape
 from steplaw_opt.landscape import (
     WINDOW_POINTS,
     BowlPrior,
@@ -73,14 +73,75 @@ def test_far_points_are_left_out():
     rng = np.random.default_rng(3)
     h = np.array([[0.006, 0.0], [0.0, 0.006]])
     w, y, g = _bowl_data(rng, np.zeros(2), h, n=30)
-    # A diverged run 20 % above the rest would wreck an unweighted quadratic fit.
-    w2 = np.vstack([w, [[0.9, 0.0]]])
+    # A diverged run 20 % above the rest would wreck an unweighted quadratic fit. Where the
+    # bowl already puts it beyond the cut (2.4 % > 1 % here), it is left out altogether.
+    w2 = np.vstack([w, [[2.0, 0.0]]])
     y2 = np.append(y, y.min() + 0.2)
     g2 = np.append(g, 0)
     kw = dict(prior_mean=np.zeros(2), prior_cov=np.eye(2) * 0.1)
     a = fit_bowl(w, y, g, 1, **kw).optimum()
     b = fit_bowl(w2, y2, g2, 1, **kw).optimum()
     np.testing.assert_allclose(a, b, atol=1e-9)
+
+
+def test_a_far_run_the_bowl_puts_inside_the_cut_bounds_it_at_the_cut():
+    rng = np.random.default_rng(3)
+    h = np.array([[0.006, 0.0], [0.0, 0.006]])
+    w, y, g = _bowl_data(rng, np.zeros(2), h, n=30)
+    # 20 % above the rest where the bowl says 0.5 %: it enters at the cut, with the cut's
+    # weight, and moves the bottom a little away from itself, not a lot.
+    w2 = np.vstack([w, [[0.9, 0.0]]])
+    y2 = np.append(y, y.min() + 0.2)
+    kw = dict(prior_mean=np.zeros(2), prior_cov=np.eye(2) * 0.1)
+    a = fit_bowl(w, y, g, 1, **kw).optimum()
+    b = fit_bowl(w2, y2, np.append(g, 0), 1, **kw).optimum()
+    assert -0.02 < b[0] - a[0] < -1e-4
+    assert abs(b[1] - a[1]) < 0.01
+
+
+# The built-in trainer's cheapest rung (N/8 on D/8 of an N = 1e5, D = 2e6 target: law lr 0.097,
+# batch 5.5 sequences), the first 16 runs of a study seeded 1 before runs beyond the cut
+# bounded the bowl: one good run at lr 0.0086, batch 11, the runs near the law 6-19 % worse, and
+# six at batch 28-58 8-19 % worse. Prior: the law's at that target, far outside its data.
+TRAINER_RUNG_W = np.array(
+    [
+        [0.0, -0.091], [-2.426, 0.698], [0.693, -0.602], [0.347, -0.602], [-0.308, -1.007],
+        [0.002, -1.007], [-0.011, -0.602], [0.334, -1.007], [0.648, -1.007], [-0.538, -0.602],
+        [-1.355, 2.36], [-1.308, 1.989], [-0.948, 2.191], [-0.904, 1.883], [-1.221, 1.632],
+        [-1.663, 2.171],
+    ]
+)  # fmt: skip
+TRAINER_RUNG_Y = np.array(
+    [
+        1.1448, 1.0164, 1.1956, 1.1401, 1.1217, 1.1107, 1.1149, 1.1582, 1.2087, 1.0794,
+        1.119, 1.1143, 1.1334, 1.1162, 1.2028, 1.1132,
+    ]
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("rounds", [0, landscape.CENSOR_ROUNDS])
+def test_runs_beyond_the_cut_bound_the_bowl(monkeypatch: pytest.MonkeyPatch, rounds: int) -> None:
+    monkeypatch.setattr(landscape, "CENSOR_ROUNDS", rounds)
+    w, y = TRAINER_RUNG_W, TRAINER_RUNG_Y
+    post = fit_bowl(
+        w,
+        y,
+        np.zeros(len(y), int),
+        1,
+        prior_mean=np.zeros(2),
+        prior_cov=np.array([[2.80, 0.005], [0.005, 2.87]]),
+    )
+    cut = post.window[1]
+    big_batch = w[:, 1] > 1.5
+    predicted_gap = post.predict(w[big_batch], 0)[0] - y.min()
+    if rounds == 0:
+        # Left out, the big-batch runs were fitted as within 1 % of the best, and the bottom
+        # went to them (batch e^1.1 times the law's; the study's refined batch ran to 55).
+        assert np.all(predicted_gap < 0.01)
+        assert post.optimum()[1] > 1.0
+    else:
+        assert np.all(predicted_gap > 0.5 * cut)
+        assert post.optimum()[1] < w[np.argmin(y), 1]  # away from them, below the best run's
 
 
 def test_project_pd_clips_eigenvalues():
@@ -157,7 +218,7 @@ def test_narrow_window_keeps_the_bottom_near_an_asymmetric_minimum():
         assert wide[0] < narrow[0] < 0.1  # both lean to the flat side; the narrow one less
 
 
-def test_the_asymmetry_term_follows_a_cliff_at_high_lr():
+def test_the_asymmetry_term_follows_a_cliff_at_high_lr(monkeypatch: pytest.MonkeyPatch) -> None:
     w, y = _asymmetric_grid()  # the minimum at u = 0.1, ten times steeper above it
     groups = np.zeros(len(y), dtype=int)
     kwargs = {"prior_mean": np.zeros(2), "prior_cov": 4 * np.eye(2), "curvature_scale": 1.0}
@@ -167,7 +228,14 @@ def test_the_asymmetry_term_follows_a_cliff_at_high_lr():
         asym = dataclasses.replace(BowlPrior.default(), tau=tau, cut=cut)
         p_sym = fit_bowl(w, y, groups, 1, bowl=sym, **kwargs)
         p_asym = fit_bowl(w, y, groups, 1, bowl=asym, **kwargs)
-        assert p_sym.u_ref is None and p_asym.u_ref == pytest.approx(p_sym.optimum()[0])
+        assert p_sym.u_ref is None and p_asym.u_ref is not None
+        # u_ref is the symmetric bowl's bottom, fitted to the same runs: the same ones as
+        # p_sym's when no run beyond the cut is censored (each bowl censors its own)
+        monkeypatch.setattr(landscape, "CENSOR_ROUNDS", 0)
+        plain_sym = fit_bowl(w, y, groups, 1, bowl=sym, **kwargs).optimum()[0]
+        plain_ref = fit_bowl(w, y, groups, 1, bowl=asym, **kwargs).u_ref
+        monkeypatch.undo()
+        assert plain_ref == pytest.approx(plain_sym)
         assert p_asym.mean[-1] > 0  # k > 0: steeper towards high lr
         # the symmetric bowl's bottom leans to the flat side; the term moves it back a fifth
         # of the way at least (the prior keeps k near the released grids', far below this cliff)
