@@ -129,15 +129,24 @@ def tune(
         refit_law: after the study, write the law refined by its runs to this ``.toml`` card.
 
     Example:
+        A stand-in for a training run whose best learning rate is twice the Step Law's at
+        every scale (the law's batch is right): ten proxy runs at smaller D (``budget=1.0``)
+        carry the correction to the target.
+
         >>> import math
-        >>> from steplaw_opt import Scale
+        >>> from steplaw_opt import Scale, load_law
         >>> from steplaw_opt.objectives import CallableObjective
         >>> from steplaw_opt.tune import tune
-        >>> def bowl(lr, batch_size, scale):  # a stand-in for a training run
-        ...     return 3.0 + math.log(lr / 2e-3) ** 2 + 0.1 * math.log(batch_size / 256) ** 2
-        >>> result = tune(Scale(N=1e9, D=1e11), CallableObjective(bowl), budget=0.5,
-        ...               storage=":memory:")
-        >>> 1e-3 < result.refined.lr < 4e-3
+        >>> law = load_law("step-law")
+        >>> def run(lr, batch_size, scale):
+        ...     best_lr, best_batch = 2 * law.lr_at(scale), law.batch_tokens_at(scale) / 2048
+        ...     return 3.0 * (1 + 0.02 * math.log(lr / best_lr) ** 2
+        ...                   + 0.01 * math.log(batch_size / best_batch) ** 2)
+        >>> target = Scale(N=1e9, D=1e11)
+        >>> result = tune(target, CallableObjective(run), budget=1.0, storage=":memory:")
+        >>> result.n_complete
+        10
+        >>> 0.7 < result.refined.lr / (2 * law.lr_at(target)) < 1.3  # the law's point: 0.5
         True
     """
     import optuna
