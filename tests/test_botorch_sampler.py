@@ -220,13 +220,16 @@ def test_proxy_scales_pool():
 def test_beats_the_bowl_on_a_bent_valley():
     """On the banana fixture the GP finds the valley's bottom better than the bowl does.
 
-    Measured over six seeds at 10 trials: BoTorch 0.0082 %, PlateauSampler 0.062 % (its best
-    trial: the design step spends runs away from the bottom to locate it). With the symmetric
-    bowl prior of before (no asymmetry term) BoTorch reached 0.0041 % here: the asymmetry
-    prior, right for the released grids, is wrong for this symmetric valley and the GP's mean
-    inherits it."""
+    Measured over 24 seeds at 10 trials: BoTorch 0.013 % (median 0.0081 %), PlateauSampler
+    0.062 % (its best trial: the design step spends runs away from the bottom to locate it).
+    One seed's gap ranges from 0.0003 % to 0.04 %, so the mean of six seeds, which this test
+    took before, moves by half with any change to the bowl (0.012 % on seeds 0-5; 0.022 %
+    there with a curvature scale set by one run, 0.016 % on these 24). With the symmetric
+    bowl prior of before (no asymmetry term) BoTorch reached 0.0041 % on six seeds: the
+    asymmetry prior, right for the released grids, is wrong for this symmetric valley and the
+    GP's mean inherits it."""
     gaps: dict[str, list[float]] = {"plateau": [], "botorch": []}
-    for seed in range(6):
+    for seed in range(24):
         for name, s in (
             ("plateau", PlateauSampler(TARGET, seed=seed)),
             ("botorch", sampler(seed)),
@@ -234,7 +237,7 @@ def test_beats_the_bowl_on_a_bent_valley():
             study = run(s, banana, 10)
             gaps[name].append(study.best_value / 2.5 - 1)
     assert np.mean(gaps["botorch"]) < 0.7 * np.mean(gaps["plateau"]), gaps
-    assert np.mean(gaps["botorch"]) < 1.25e-4, gaps  # within 1.5× of what it reaches
+    assert np.mean(gaps["botorch"]) < 2.0e-4, gaps  # within 1.5× of what it reaches
 
 
 def _refined_gaps(

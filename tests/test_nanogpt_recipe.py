@@ -200,27 +200,41 @@ def test_a_wsd_cooldown_shorter_than_the_warmup_is_left_as_asked():
 
 
 @pytest.mark.slow  # end to end: the CLI in subprocesses
-def test_a_ten_run_study_of_the_recipe_stays_inside_its_bounds(tmp_path):
+def test_ten_run_studies_of_the_recipe_stay_inside_its_bounds(tmp_path):
     # The recipe as shipped, 10 runs (its plan: 6 + 3 + 1 proxy runs). With the default lr
     # bounds (capped at 1) the study was drawn to the cap: 5 runs diverged or were refused and
-    # lr 1 was recommended, "widen the bound". With the recipe's bounds none fails and the
-    # recommendation lies inside them.
-    storage = f"sqlite:///{tmp_path / 'nanogpt.db'}"
-    study = ["--study-name", "nanogpt", "--storage", storage]
-    args = recipe.tune_args(FAKE_TEMPLATE, study)
-    lr_lo = float(args[args.index("--lr-min") + 1])
-    lr_hi = float(args[args.index("--lr-max") + 1])
-    done = run_cli(
-        "tune", *args, "--no-mlflow", "--json", "--seed", "0", "--n-trials", "10", cwd=tmp_path
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout)
-    assert (result["n_complete"], result["n_failed"]) == (10, 0)
-    opt = result["refined_optimum"]
-    assert not opt["notes"], opt["notes"]  # no "sits on its search bound"
-    margin = 1.05  # strictly inside, not clipped onto a bound
-    assert lr_lo * margin < opt["lr"] < lr_hi / margin
-    assert lr_lo < opt["lr_interval_95"][0] < opt["lr_interval_95"][1] < lr_hi
+    # lr 1 was recommended, "widen the bound". With the recipe's bounds none fails, and the
+    # recommendation lies inside them and near the fake's optimum (lr ~1e-2). Six seeds, not
+    # one: ten runs on this made-up landscape (concave below its optimum, not a bowl) give a
+    # recommendation that moves from seed to seed, and the drift terms can read the proxies'
+    # scatter as a trend (tests/test_drift.py's xfail): in one seed of six the target's lr
+    # is carried to the upper bound, and the result says so.
+    seeds = range(6)
+    lr_errors, inside = [], 0
+    for seed in seeds:
+        storage = f"sqlite:///{tmp_path / f'nanogpt{seed}.db'}"
+        study = ["--study-name", "nanogpt", "--storage", storage]
+        args = recipe.tune_args(FAKE_TEMPLATE, study)
+        lr_lo = float(args[args.index("--lr-min") + 1])
+        lr_hi = float(args[args.index("--lr-max") + 1])
+        done = run_cli(
+            "tune", *args, "--no-mlflow", "--json", "--seed", str(seed), "--n-trials", "10",
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        result = json.loads(done.stdout)
+        assert (result["n_complete"], result["n_failed"]) == (10, 0), seed
+        opt = result["refined_optimum"]
+        lr_errors.append(abs(math.log(opt["lr"] / 1e-2)))
+        if opt["notes"]:  # only ever the honest "sits on its search bound"
+            assert all("search bound" in note for note in opt["notes"]), opt["notes"]
+            continue
+        inside += 1
+        margin = 1.05  # strictly inside, not clipped onto a bound
+        assert lr_lo * margin < opt["lr"] < lr_hi / margin, seed
+        assert lr_lo < opt["lr_interval_95"][0] < opt["lr_interval_95"][1] < lr_hi, seed
+    assert inside >= len(seeds) - 1, lr_errors
+    assert sorted(lr_errors)[len(seeds) // 2] < math.log(2), lr_errors  # within 2x, mostly
 
 
 LADDER_FAKE = recipe.LADDER_TEMPLATE.replace(
