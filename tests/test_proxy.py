@@ -74,3 +74,13 @@ def test_a_ladder_of_allowed_scales_is_costed_by_n_times_d():
 def test_bad_plans(kwargs, needle):
     with pytest.raises(SteplawInputError, match=needle):
         plan_proxies(TARGET, **kwargs)
+
+
+def test_a_target_or_proxy_whose_cost_overflows_is_one_line():
+    # N·D = 1e300 × 1e11 is inf: every cost was NaN and the plan raised a bare ValueError
+    with pytest.raises(SteplawInputError, match="1e\\+300"):
+        plan_proxies(Scale(N=1e300, D=1e11), 1.0)
+    # a fraction of 5e-324 costs a subnormal: budget / cost overflowed the run count
+    with pytest.raises(SteplawInputError, match="not a usable proxy scale"):
+        plan_proxies(Scale(N=1e9, D=1e11), 1.0, fractions=(5e-324,))
+    assert plan_proxies(Scale(N=1e9, D=1e11), 1.0, fractions=(0.25,)).stages  # still plans

@@ -164,7 +164,20 @@ def plan_proxies(
         ]
     else:
         scales = _token_scales(target, allowed_tokens, fractions, smaller_n)
+    target_compute = float(target.N or 0) * float(target.D or 0)
+    if not (math.isfinite(target_compute) and target_compute > 0):
+        raise SteplawInputError(
+            f"the target's compute N·D = {float(target.N or 0):g} × {float(target.D or 0):g} "
+            "is not a finite positive number: no run can be costed against it"
+        )
     stages = sorted(((s, run_cost(s, target)) for s in scales), key=lambda sc: sc[1])
+    for s, cost in stages:
+        # A cost this small overflows the run count (budget / cost), and no plan could run it.
+        if not (math.isfinite(cost) and cost > 0 and math.isfinite(max(budget, 1.0) / cost)):
+            raise SteplawInputError(
+                f"a proxy at N={float(s.N or 0):g}, D={float(s.D or 0):g} costs {cost:g} of a "
+                "target run: not a usable proxy scale"
+            )
     proxy_budget = budget - target_runs
     runs = _allocate([c for _, c in stages], proxy_budget)
     planned = [ProxyStage(s, r, c) for (s, c), r in zip(stages, runs, strict=True) if r > 0]
