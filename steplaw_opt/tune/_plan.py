@@ -156,6 +156,13 @@ def plan_proxies(
     for f in fractions:
         if not 0 < f < 1:
             raise SteplawInputError(f"proxy fractions must be in (0, 1), got {f!r}")
+    # Checked before any cost: every run_cost divides by it.
+    target_compute = float(target.N or 0) * float(target.D or 0)
+    if not (math.isfinite(target_compute) and target_compute > 0):
+        raise SteplawInputError(
+            f"the target's compute N·D = {float(target.N or 0):g} × {float(target.D or 0):g} "
+            "is not a finite positive number: no run can be costed against it"
+        )
     if allowed_scales is not None:
         scales = [
             Scale(N=float(s.N or 0), D=float(s.D or 0), seq_len=target.seq_len)
@@ -164,12 +171,6 @@ def plan_proxies(
         ]
     else:
         scales = _token_scales(target, allowed_tokens, fractions, smaller_n)
-    target_compute = float(target.N or 0) * float(target.D or 0)
-    if not (math.isfinite(target_compute) and target_compute > 0):
-        raise SteplawInputError(
-            f"the target's compute N·D = {float(target.N or 0):g} × {float(target.D or 0):g} "
-            "is not a finite positive number: no run can be costed against it"
-        )
     stages = sorted(((s, run_cost(s, target)) for s in scales), key=lambda sc: sc[1])
     for s, cost in stages:
         # A cost this small overflows the run count (budget / cost), and no plan could run it.

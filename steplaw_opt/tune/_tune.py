@@ -139,7 +139,8 @@ def tune(
         >>> from steplaw_opt.tune import tune
         >>> law = load_law("step-law")
         >>> def run(lr, batch_size, scale):
-        ...     best_lr, best_batch = 2 * law.lr_at(scale), law.batch_tokens_at(scale) / 2048
+        ...     best_lr = 2 * law.lr_at(scale)
+        ...     best_batch = law.batch_tokens_at(scale) / scale.seq_len
         ...     return 3.0 * (1 + 0.02 * math.log(lr / best_lr) ** 2
         ...                   + 0.01 * math.log(batch_size / best_batch) ** 2)
         >>> target = Scale(N=1e9, D=1e11)
