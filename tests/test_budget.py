@@ -18,6 +18,7 @@ import optuna
 import pytest
 
 from steplaw_opt import Scale, SteplawInputError
+from steplaw_opt._files import folder_lock
 from steplaw_opt.objectives import CallableObjective, CommandObjective
 from steplaw_opt.tune import tune
 
@@ -50,8 +51,18 @@ def command(script: Path, seconds: float) -> str:
 
 
 def load(url: str, name: str) -> optuna.Study:
+    """The study; an SQLite one is read the way steplaw-opt opens the file: under the folder's
+    lock, and only once the file exists. A bare ``optuna.load_study`` would create the file or
+    its tables itself, racing a `tune` that is initialising them (UNIQUE constraint failed on
+    alembic_version, seen in CI)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=name, storage=url)
+    if not url.startswith("sqlite:///"):  # a server: these tests read it only once it exists
+        return optuna.load_study(study_name=name, storage=url)
+    path = Path(url.removeprefix("sqlite:///"))
+    with folder_lock(path.parent):
+        if not path.exists():
+            raise KeyError(f"no database yet at {path}")
+        return optuna.load_study(study_name=name, storage=url)
 
 
 def check_once_within_budget(study: optuna.Study, planned: int) -> None:
