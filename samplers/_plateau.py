@@ -208,9 +208,12 @@ class PlateauSampler(BaseSampler):
             exponents (:func:`~steplaw_opt.priors.drift_covariance`). Proxies at several scales
             that agree on a trend then carry it to the target; proxies at one scale move the
             target only as far as that prior allows. A single-scale study is unchanged either
-            way. On the proxy benchmark (``steplaw-opt bench --proxy --drift both``: released
-            and shifted landscapes) it was as good or better than one shared offset at nearly
-            every budget, with far better calibrated intervals, so it is on by default.
+            way. Each proxy scale also gets its own scatter about that trend
+            (:attr:`~steplaw_opt.landscape.BowlPrior.scatter_sd`), so one scale off the line
+            through the others is not extrapolated. On the proxy benchmark (``steplaw-opt
+            bench --proxy --drift both``: released and shifted landscapes) it was as good or
+            better than one shared offset at nearly every budget, with far better calibrated
+            intervals, so it is on by default.
 
     Trials may carry their own scale in user attributes ``steplaw.N``, ``steplaw.D`` and
     ``steplaw.seq_len`` (proxy runs). An objective that cannot run at the proposed values (a
@@ -554,6 +557,7 @@ class PlateauSampler(BaseSampler):
             bowl=bowl,
             scale_x=scale_x,
             drift_cov=drift_cov,
+            scatter_cov=None if drift_cov is None else bowl.scatter_cov,
         )
 
     def _scale_x(self, hist: _History, n: int) -> np.ndarray:

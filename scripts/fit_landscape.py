@@ -22,6 +22,14 @@
 4. The Step Law card's residual scatter ([residual] in priors/cards/step-law.toml): the RMS, in
    ln lr and ln batch, of the near-optimal runs (within 0.25 % of their setting's minimum, the
    authors' threshold) around the published law.
+5. Each scale's own scatter of the optimum about a smooth trend (``scatter_sd``, the drift
+   model's :math:`\varepsilon_s`): per setting, the argmin of each of the bench's three
+   noise-free surfaces in (u, v); per surface, the residual sd of those argmins about a
+   linear trend in (ln N, ln D) (17 settings, 3 coefficients per coordinate); the mean over
+   the surfaces. It is an upper bound on the scatter a smooth law cannot follow: it includes
+   how far a surface's argmin misses the landscape's. The mixture over its width
+   (``scatter_widths``, variance multipliers, equal weights: about none, as measured, three
+   times the sd) lets each study's runs weigh it.
 
     python scripts/fit_landscape.py --grid ../shared/data/steplaw/dense_lr_bs_loss.csv
 
@@ -91,6 +99,8 @@ WINDOWS = ((0.01, 0.05), (0.005, 0.02), (0.003, 0.01), (0.002, 0.006))  # (tau, 
 # Chosen with `steplaw-opt bench` (docs/bench.md), not by window_check.
 SAMPLING_WINDOW = (0.003, 0.01)
 LAW_ERROR_WIDTHS, LAW_ERROR_WEIGHTS = (1.0, 2.0, 4.0), (0.5, 0.3, 0.2)
+# Variance multipliers of the scale-scatter prior: about none, as measured, three times the sd.
+SCATTER_WIDTHS = (0.01, 1.0, 9.0)
 
 
 def window_check(grids, law, h_mean, h_sd, noise_sd) -> tuple[float, float]:
@@ -158,6 +168,32 @@ def residual_scatter(grids, law, eps: float = 0.0025) -> tuple[float, float]:
     )
 
 
+def scale_scatter(grids, law) -> tuple[float, float]:
+    """(u, v) sd of the settings' noise-free argmins about a linear trend in (ln N, ln D),
+    the mean over the bench's surfaces."""
+    from steplaw_opt.bench._surfaces import noise_free_surfaces
+
+    x = np.array([[1.0, math.log(s.N), math.log(s.D)] for s in grids])
+    x[:, 1:] -= x[:, 1:].mean(axis=0)
+    per_surface = []
+    for i in range(len(noise_free_surfaces(grids[0]))):
+        w = []
+        for s in grids:
+            f = noise_free_surfaces(s)[i]
+            scale = Scale(N=s.N, D=s.D, seq_len=s.seq_len)
+            w.append(
+                [
+                    math.log(f.argmin_lr / law.lr_at(scale)),
+                    math.log(f.argmin_batch * s.seq_len / law.batch_tokens_at(scale)),
+                ]
+            )
+        w = np.array(w)
+        resid = w - x @ np.linalg.lstsq(x, w, rcond=None)[0]
+        per_surface.append(np.sqrt(np.sum(resid**2, axis=0) / (len(grids) - x.shape[1])))
+    mean = np.mean(per_surface, axis=0)
+    return float(mean[0]), float(mean[1])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", type=Path, default=None, help="dense_lr_bs_loss.csv")
@@ -204,11 +240,15 @@ def main(argv: list[str] | None = None) -> None:
     out["bowl"]["measured_noise_sd"] = round(noise, 6)
     bowl = BowlPrior.from_table(out["bowl"])
     out["bowl"]["misfit_sd"] = [round(x, 4) for x in bowl_misfit(grids, law, bowl)]
+    out["bowl"]["scatter_sd"] = [round(x, 4) for x in scale_scatter(grids, law)]
+    out["bowl"]["scatter_widths"] = list(SCATTER_WIDTHS)
+    out["bowl"]["scatter_weights"] = [1.0] * len(SCATTER_WIDTHS)
     OUT.write_text(tomli_w.dumps(out), encoding="utf-8")
     print(
         f"wrote {OUT}: H mean {mean.round(5).tolist()} sd {sd.round(5).tolist()} "
         f"k {ks.mean():.5f} ± {ks.std(ddof=1):.5f} (> 0 in {(ks > 0).sum()}/{len(ks)}) "
-        f"noise {noise:.5f}, misfit (u, v) {out['bowl']['misfit_sd']}"
+        f"noise {noise:.5f}, misfit (u, v) {out['bowl']['misfit_sd']}, "
+        f"scale scatter (u, v) {out['bowl']['scatter_sd']}"
     )
 
     lr_sd, batch_sd = residual_scatter(grids, law)

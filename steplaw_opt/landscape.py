@@ -63,6 +63,16 @@ Proxies at several scales that agree on a trend carry it to the target; proxies 
 move the target only as far as the prior on Γ lets their offset be a drift rather than an
 error shared by every scale.
 
+**Scale scatter** (with drift, ``fit_bowl(scatter_cov=…)``). No landscape follows a smooth
+trend exactly: on the released grids the noise-free optima of the 17 settings scatter about a
+linear trend in (ln N, ln D) by sd 0.10 in u and 0.12 in v (``scripts/fit_landscape.py``).
+Without a term for it, a proxy scale whose bottom sits off the line through the others is
+read as a drift and extrapolated to the target. Each scale away from the target gets its own
+offset :math:`\varepsilon_s \sim \mathcal N(0, r\,\Sigma_\varepsilon)`, two more columns
+:math:`[u 1_s, v 1_s]` per scale, with the width r a mixture (about none, as measured, three
+times the sd) that each study's runs weigh by their evidence: proxies that agree keep their
+move, a scale that disagrees is read as its own scatter.
+
 The optimum's posterior is that of :math:`-\tfrac12 A^{-1} b` under :math:`\theta`'s posterior,
 sampled (Thompson sampling draws one sample), with :math:`A` projected onto the positive-definite
 cone by clipping its eigenvalues at a floor.
@@ -128,6 +138,11 @@ class BowlPrior:
     # The drift's prior as a scale mixture too: Γ ~ Σ_d q_d N(0, d·S_Γ) (when drift is on).
     drift_widths: tuple[float, ...] = DRIFT_WIDTHS
     drift_weights: tuple[float, ...] = DRIFT_WEIGHTS
+    # Each scale's own offset of the bottom about the drift's trend (with drift terms), a
+    # scale mixture ε_s ~ Σ_e r_e N(0, e·diag(scatter_sd²)); scatter_sd (0, 0): none.
+    scatter_sd: tuple[float, float] = (0.0, 0.0)
+    scatter_widths: tuple[float, ...] = (1.0,)
+    scatter_weights: tuple[float, ...] = (1.0,)
     # The cliff's asymmetry: k · asymmetry(u − u_ref), k ~ N(k_mean, k_sd²); k_sd = 0: none.
     k_mean: float = 0.0
     k_sd: float = 0.0
@@ -168,7 +183,17 @@ class BowlPrior:
                 float(data["measured_noise_sd"]) if "measured_noise_sd" in data else None
             ),
             misfit_sd=tuple(float(x) for x in data.get("misfit_sd", (0.0, 0.0))),  # type: ignore[arg-type]
+            scatter_sd=tuple(float(x) for x in data.get("scatter_sd", (0.0, 0.0))),  # type: ignore[arg-type]
+            scatter_widths=tuple(float(x) for x in data.get("scatter_widths", [1.0])),
+            scatter_weights=tuple(float(x) for x in data.get("scatter_weights", [1.0])),
         )
+
+    @property
+    def scatter_cov(self) -> np.ndarray | None:
+        """diag(scatter_sd²), the prior covariance of a scale's own offset of the bottom
+        (``fit_bowl(scatter_cov=…)``); None when ``scatter_sd`` is zero."""
+        sd = np.asarray(self.scatter_sd, dtype=float)
+        return np.diag(sd**2) if np.all(sd > 0) else None
 
     def scaled(self, kappa: float) -> BowlPrior:
         """The same shape, ``kappa`` times steeper: curvature, the gap scale of the weights and
@@ -226,17 +251,28 @@ def estimate_curvature_scale(
     return float(np.clip(np.median(ratios), 1.0, 1e3))
 
 
+def scatter_groups(scale_x: np.ndarray | None) -> np.ndarray:
+    """The groups that get their own scatter of the bottom: every group away from the target's
+    scale (a nonzero row of ``scale_x``). The target's bottom is w* itself."""
+    if scale_x is None:
+        return np.zeros(0, dtype=int)
+    return np.flatnonzero(np.any(np.asarray(scale_x) != 0, axis=1))
+
+
 def features(
     w: np.ndarray,
     groups: np.ndarray,
     n_groups: int,
     u_ref: float | None = None,
     scale_x: np.ndarray | None = None,
+    scatter: bool = False,
 ) -> np.ndarray:
     """Design matrix rows ``[onehot(group), u, v, u², 2uv, v²]``, the asymmetry term
-    :func:`asymmetry` of ``u − u_ref`` when the bowl has one (``u_ref`` not None), and the
+    :func:`asymmetry` of ``u − u_ref`` when the bowl has one (``u_ref`` not None), the
     drift terms ``[u·x_N, u·x_D, v·x_N, v·x_D]`` when it has those (``scale_x``: each group's
-    ``(ln N − ln N_t, ln D − ln D_t)``, ``n_groups × 2``)."""
+    ``(ln N − ln N_t, ln D − ln D_t)``, ``n_groups × 2``), and with ``scatter`` (drift terms
+    only) ``[u·1_s, v·1_s]`` for each group s of :func:`scatter_groups`: that scale's own
+    offset of the bottom from the trend."""
     w = np.atleast_2d(w)
     groups = np.asarray(groups, dtype=int)
     u, v = w[:, 0], w[:, 1]
@@ -248,6 +284,10 @@ def features(
     if scale_x is not None:
         x = np.asarray(scale_x, dtype=float)[groups]
         cols.extend([u * x[:, 0], u * x[:, 1], v * x[:, 0], v * x[:, 1]])
+        if scatter:
+            for s in scatter_groups(scale_x):
+                at_s = (groups == s).astype(float)
+                cols.extend([u * at_s, v * at_s])
     return np.column_stack(cols)
 
 
@@ -326,6 +366,9 @@ class BowlPosterior:
     # bottom is the same at every scale). The target's row is zero, so its bottom is the
     # drift-free formula's.
     scale_x: np.ndarray | None = None
+    # With drift terms: whether each scale away from the target has its own scatter of the
+    # bottom about the trend (:func:`scatter_groups`), after the drift coefficients in θ.
+    scatter: bool = False
 
     def _split(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         g = self.n_groups
@@ -392,8 +435,11 @@ class BowlPosterior:
         return mean, np.maximum(var, 0.0)
 
     def _features(self, w: np.ndarray, group: int) -> np.ndarray:
-        groups = np.full(len(np.atleast_2d(w)), group)
-        return features(w, groups, self.n_groups, self.u_ref, self.scale_x)
+        return self.design(w, np.full(len(np.atleast_2d(w)), group))
+
+    def design(self, w: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        """The design rows of runs at ``w`` in ``groups``, with this bowl's terms."""
+        return features(w, groups, self.n_groups, self.u_ref, self.scale_x, self.scatter)
 
     def drift(self) -> np.ndarray | None:
         r"""The posterior-mean drift :math:`\Gamma` (2 × 2: rows u, v; columns ln N, ln D),
@@ -401,9 +447,24 @@ class BowlPosterior:
         terms."""
         if self.scale_x is None:
             return None
-        start = self.n_groups + 5 + (self.u_ref is not None)
-        g = self.mean[start : start + 4].reshape(2, 2)
+        g = self.mean[self._drift_start : self._drift_start + 4].reshape(2, 2)
         return -0.5 * np.linalg.solve(self.hessian, g)
+
+    @property
+    def _drift_start(self) -> int:
+        return self.n_groups + 5 + (self.u_ref is not None)
+
+    def scatter_of(self, group: int) -> np.ndarray:
+        r"""``group``'s own offset of the bottom from the drift's trend, :math:`arepsilon_s =
+        -	frac12 A^{-1} e_s` at the posterior mean (zero at the target's scale, and without
+        scatter terms)."""
+        if not self.scatter or self.scale_x is None:
+            return np.zeros(2)
+        where = np.flatnonzero(scatter_groups(self.scale_x) == group)
+        if not len(where):
+            return np.zeros(2)
+        start = self._drift_start + 4 + 2 * int(where[0])
+        return -0.5 * np.linalg.solve(self.hessian, self.mean[start : start + 2])
 
     def optimum_at(self, group: int) -> np.ndarray:
         r"""w* at ``group``'s scale: :meth:`optimum` moved by the drift, :math:`w^* + \Gamma
@@ -411,12 +472,12 @@ class BowlPosterior:
         return self.optimum() + self.shift(group)
 
     def shift(self, group: int) -> np.ndarray:
-        r"""How far ``group``'s bottom lies from the target's, :math:`\Gamma x_s` at the
-        posterior mean (zero without drift terms)."""
+        r"""How far ``group``'s bottom lies from the target's, :math:`\Gamma x_s +
+        \varepsilon_s` at the posterior mean (zero without drift terms)."""
         gamma = self.drift()
         if gamma is None or self.scale_x is None:
             return np.zeros(2)
-        return gamma @ self.scale_x[group]
+        return gamma @ self.scale_x[group] + self.scatter_of(group)
 
     def offset(self, group: int) -> float:
         """ln L at the bowl's bottom for ``group`` (at that scale's bottom)."""
@@ -502,6 +563,7 @@ def fit_bowl(
     curvature_scale: float | str = "auto",
     scale_x: np.ndarray | None = None,
     drift_cov: np.ndarray | None = None,
+    scatter_cov: np.ndarray | None = None,
 ) -> BowlPosterior:
     r"""Fit the bowl to observations ``w`` (n×2), ``y = ln L`` (n), ``groups`` (n, ints).
 
@@ -518,6 +580,13 @@ def fit_bowl(
     through the prior curvature :math:`H_0`, so that the fit stays linear: where the fitted
     curvature :math:`A` differs, the prior in force on Γ is scaled by :math:`A^{-1} H_0`). Without
     them (or when every group is the target's scale) the bottom is shared by all scales.
+
+    ``scatter_cov`` (2 × 2, with the drift terms only) gives every scale away from the target
+    its own offset about the trend, :math:`w^*_s = w^* + \Gamma x_s + \varepsilon_s`,
+    :math:`\varepsilon_s \sim \mathcal N(0, \Sigma_\varepsilon)`: a scale's bottom that
+    sits off the line through the others is read as that scale's scatter, not as a drift to
+    extrapolate. Its linear term is :math:`e_s = -2 H \varepsilon_s`, prior
+    :math:`4 H \Sigma_\varepsilon H` at the same curvature H as the drift's.
     """
     bowl = bowl or BowlPrior.default()
     w = np.asarray(w, dtype=float).reshape(-1, 2)
@@ -540,8 +609,20 @@ def fit_bowl(
             raise SteplawInputError(f"drift_cov must be a finite 4×4 array, got {drift_cov.shape}")
         if np.linalg.eigvalsh(0.5 * (drift_cov + drift_cov.T)).min() <= 0:
             raise SteplawInputError("drift_cov must be positive definite")
+        if scatter_cov is not None:
+            scatter_cov = np.asarray(scatter_cov, dtype=float)
+            if (
+                scatter_cov.shape != (2, 2)
+                or not np.all(np.isfinite(scatter_cov))
+                or np.linalg.eigvalsh(0.5 * (scatter_cov + scatter_cov.T)).min() <= 0
+            ):
+                raise SteplawInputError(
+                    f"scatter_cov must be a positive definite 2×2 array, got {scatter_cov.tolist()}"
+                )
         if not np.any(scale_x):  # every group at the target's scale: nothing to drift
-            scale_x = drift_cov = None
+            scale_x = drift_cov = scatter_cov = None
+    elif scatter_cov is not None:
+        raise SteplawInputError("scatter_cov needs the drift terms (scale_x and drift_cov)")
     if curvature_scale == "auto":
         curvature_scale = estimate_curvature_scale(w, y, groups, n_groups, bowl)
     bowl = bowl.scaled(float(curvature_scale))
@@ -550,7 +631,7 @@ def fit_bowl(
         # asymmetry says nothing here, and scaled up it bent the built-in trainer's bowl so far
         # that its bottom went to a corner of the bounds. A symmetric bowl there.
         bowl = dataclasses.replace(bowl, k_sd=0.0)
-    for name in ("law", "drift"):
+    for name in ("law", "drift", "scatter"):
         widths = np.asarray(getattr(bowl, f"{name}_widths"), float)
         prior_w = np.asarray(getattr(bowl, f"{name}_weights"), float)
         if (
@@ -563,7 +644,8 @@ def fit_bowl(
                 f"{name}_widths and {name}_weights must be positive and of one length"
             )
     window = _window(y, groups, n_groups, bowl)
-    post = _fit_all(w, y, groups, n_groups, prior_mean, prior_cov, bowl, window, scale_x, drift_cov)
+    drift = None if scale_x is None else (scale_x, drift_cov, scatter_cov)
+    post = _fit_all(w, y, groups, n_groups, prior_mean, prior_cov, bowl, window, drift)
     # Runs beyond the cut are left out, but they still say "at least `cut` worse than the best
     # here". Where the bowl puts such a run below that level it is wrong, and left alone it
     # keeps proposing there: a landscape far steeper than the bowl's reach (the built-in
@@ -575,16 +657,14 @@ def fit_bowl(
     y_fit = y
     for _ in range(CENSOR_ROUNDS):
         level = best[groups] + window[1] * (1 - 1e-9)  # at the cut itself, with its weight
-        predicted = features(w, groups, n_groups, post.u_ref, post.scale_x) @ post.mean
+        predicted = post.design(w, groups) @ post.mean
         # Beyond noise only: a bowl that misses a run just past the cut by less (the flanks of
         # a densely mapped plateau) misfits it by no more than the noise.
         below = (y_fit > level) & (predicted < level - 2 * bowl.noise_sd)
         if not np.any(below):
             break
         y_fit = np.where(below, level, y_fit)
-        post = _fit_all(
-            w, y_fit, groups, n_groups, prior_mean, prior_cov, bowl, window, scale_x, drift_cov
-        )
+        post = _fit_all(w, y_fit, groups, n_groups, prior_mean, prior_cov, bowl, window, drift)
     return post
 
 
@@ -597,14 +677,14 @@ def _fit_all(
     prior_cov: np.ndarray,
     bowl: BowlPrior,
     window: tuple[float, float],
-    scale_x: np.ndarray | None,
-    drift_cov: np.ndarray | None,
+    drift_priors: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None,
 ) -> BowlPosterior:
-    """:func:`fit_bowl`'s fit for one set of observations, the window fixed: the drift prior
-    mapped through the drift-free fit's curvature, then the asymmetric bowl about the symmetric
-    one's bottom."""
+    """:func:`fit_bowl`'s fit for one set of observations, the window fixed: the drift (and
+    scatter) priors, ``(scale_x, drift_cov, scatter_cov)``, mapped through the drift-free fit's
+    curvature, then the asymmetric bowl about the symmetric one's bottom."""
     drift = None
-    if scale_x is not None:
+    if drift_priors is not None:
+        scale_x, drift_cov, scatter_cov = drift_priors
         # The prior on Γ enters through G = −2HΓ at a curvature H, and the fit's Γ is
         # −½A⁻¹G: with H the prior curvature H0 and a fitted curvature A far flatter, the prior
         # in force was S_Γ widened by H0/A (forty-fold on a steep test landscape, which sent
@@ -613,7 +693,8 @@ def _fit_all(
         plain = _fit_mixture(w, y, groups, n_groups, prior_mean, prior_cov, bowl, None, window)
         a = plain.hessian
         h = a if np.linalg.eigvalsh(a).min() > bowl.min_eig else bowl.H0
-        drift = (scale_x, drift_prior_cov(h, drift_cov))
+        e_cov = None if scatter_cov is None else 4.0 * h @ scatter_cov @ h
+        drift = (scale_x, drift_prior_cov(h, drift_cov), e_cov)
     post = _fit_mixture(w, y, groups, n_groups, prior_mean, prior_cov, bowl, None, window, drift)
     if bowl.k_sd > 0:
         # The asymmetry term is centred on the symmetric bowl's bottom, where the curvature
@@ -636,27 +717,54 @@ def _fit_mixture(
     bowl: BowlPrior,
     u_ref: float | None,
     window: tuple[float, float],
-    drift: tuple[np.ndarray, np.ndarray] | None = None,
+    drift: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
 ) -> BowlPosterior:
     """The bowl under the law-error mixture of ``bowl`` (one fit per width, averaged), with the
     weight window ``window`` (:func:`window_widening`'s, computed once by :func:`fit_bowl`) and
-    ``drift`` = (scale_x, prior covariance of G) when the bottom moves with scale; with drift,
-    one fit per pair of a law width and a drift width (``bowl.drift_widths``)."""
-    widths, prior_w = np.asarray(bowl.law_widths, float), np.asarray(bowl.law_weights, float)
-    drift_scales = None
-    if drift is not None:
-        d_widths = np.asarray(bowl.drift_widths, float)
-        d_w = np.asarray(bowl.drift_weights, float)
-        widths, drift_scales = np.repeat(widths, len(d_widths)), np.tile(d_widths, len(prior_w))
-        prior_w = np.outer(prior_w / prior_w.sum(), d_w / d_w.sum()).ravel()
+    ``drift`` = (scale_x, prior covariance of G, prior covariance of each scale's e_s or None)
+    when the bottom moves with scale; with drift, one fit per pair of a law width and a drift
+    width (``bowl.drift_widths``)."""
     scale_x = None if drift is None else drift[0]
-    data = _weighted_design(w, y, groups, n_groups, window, u_ref, scale_x)
+    scatter = drift is not None and drift[2] is not None
+    # One component per combination of a law width, a drift width and a scatter width.
+    parts = [(bowl.law_widths, bowl.law_weights)]
+    if drift is not None:
+        parts.append((bowl.drift_widths, bowl.drift_weights))
+    if scatter:
+        parts.append((bowl.scatter_widths, bowl.scatter_weights))
+    grids = np.meshgrid(*[np.asarray(p[0], float) for p in parts], indexing="ij")
+    probs = np.ones(grids[0].shape)
+    for i, (_, weights) in enumerate(parts):
+        q = np.asarray(weights, float)
+        probs = probs * np.expand_dims(q / q.sum(), [j for j in range(len(parts)) if j != i])
+    widths, prior_w = grids[0].ravel(), probs.ravel()
+    drift_scales = grids[1].ravel() if drift is not None else None
+    scatter_scales = grids[2].ravel() if scatter else None
+    data = _weighted_design(w, y, groups, n_groups, window, u_ref, scale_x, scatter)
     means, covs, evidence = _fit_widths(
-        data, y, groups, n_groups, prior_mean, prior_cov, widths, bowl, u_ref, drift, drift_scales
+        data,
+        y,
+        groups,
+        n_groups,
+        prior_mean,
+        prior_cov,
+        widths,
+        bowl,
+        u_ref,
+        drift,
+        drift_scales,
+        scatter_scales,
     )
     if len(widths) == 1:
         return BowlPosterior(
-            means[0], covs[0], n_groups, bowl.min_eig, u_ref=u_ref, window=window, scale_x=scale_x
+            means[0],
+            covs[0],
+            n_groups,
+            bowl.min_eig,
+            u_ref=u_ref,
+            window=window,
+            scale_x=scale_x,
+            scatter=scatter,
         )
     # Bayesian model averaging over the law's error width: weights ∝ p_c · evidence_c, the
     # mixture moment-matched to one Gaussian over θ.
@@ -668,7 +776,15 @@ def _fit_mixture(
     cov = np.einsum("m,mij->ij", post_w, covs) + np.einsum("m,mi,mj->ij", post_w, spread, spread)
     cov = 0.5 * (cov + cov.T)
     return BowlPosterior(
-        mean, cov, n_groups, bowl.min_eig, tuple(float(x) for x in post_w), u_ref, window, scale_x
+        mean,
+        cov,
+        n_groups,
+        bowl.min_eig,
+        tuple(float(x) for x in post_w),
+        u_ref,
+        window,
+        scale_x,
+        scatter,
     )
 
 
@@ -700,13 +816,14 @@ def _weighted_design(
     window: tuple[float, float],
     u_ref: float | None = None,
     scale_x: np.ndarray | None = None,
+    scatter: bool = False,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(design rows, weights) of the observations, ``None`` without any: the part of the fit
     that does not depend on the prior."""
     if not len(y):
         return None
     gap = _gaps(y, groups, n_groups)
-    return features(w, groups, n_groups, u_ref, scale_x), gap_weights(gap, *window)
+    return features(w, groups, n_groups, u_ref, scale_x, scatter), gap_weights(gap, *window)
 
 
 def _fit_widths(
@@ -719,17 +836,20 @@ def _fit_widths(
     widths: np.ndarray,
     bowl: BowlPrior,
     u_ref: float | None = None,
-    drift: tuple[np.ndarray, np.ndarray] | None = None,
+    drift: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
     drift_scales: np.ndarray | None = None,
+    scatter_scales: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(posterior means m×k, covariances m×k×k, log evidences m) of the bowl under each of the
     Gaussian priors on w* with covariance ``widths[i] · prior_cov``; the evidence is that of the
     weighted observations the fit uses; with ``drift``, component i's prior on G is
-    ``drift_scales[i]`` (1 when not given) times ``drift[1]``. The widths are solved together,
-    as one batch."""
+    ``drift_scales[i]`` (1 when not given) times ``drift[1]``, and each scattering scale's
+    e_s is ``N(0, scatter_scales[i] · drift[2])``. The widths are solved together, as one
+    batch."""
     h0 = bowl.H0
     n_drift = 0 if drift is None else 4
-    k = n_groups + 5 + (u_ref is not None) + n_drift
+    n_scatter = 0 if drift is None or drift[2] is None else 2 * len(scatter_groups(drift[0]))
+    k = n_groups + 5 + (u_ref is not None) + n_drift + n_scatter
     m = len(widths)
     theta0 = np.zeros(k)
     # Offsets: centred on each group's best value, weak (ln-loss units, variance 1).
@@ -751,10 +871,16 @@ def _fit_widths(
     prec0 = np.repeat(np.diag(1.0 / prior_var)[None], m, axis=0)
     prec0[:, b, b] = np.linalg.inv(b_cov)[None] / widths[:, None, None]
     if drift is not None:  # G ~ N(0, c_i L S_Γ Lᵀ)
-        d = slice(k - n_drift, k)
+        d = slice(k - n_scatter - n_drift, k - n_scatter)
         c = np.ones(m) if drift_scales is None else np.asarray(drift_scales, float)
         prior_cov0[:, d, d] = c[:, None, None] * drift[1][None]
         prec0[:, d, d] = np.linalg.inv(drift[1])[None] / c[:, None, None]
+    if n_scatter:  # e_s ~ N(0, r_i 4 H Σ_ε H), one block per scattering scale
+        r = np.ones(m) if scatter_scales is None else np.asarray(scatter_scales, float)
+        for j in range(n_scatter // 2):
+            e = slice(k - n_scatter + 2 * j, k - n_scatter + 2 * j + 2)
+            prior_cov0[:, e, e] = r[:, None, None] * drift[2][None]
+            prec0[:, e, e] = np.linalg.inv(drift[2])[None] / r[:, None, None]
     rhs0 = prec0 @ theta0
 
     log_evidence = np.zeros(m)
