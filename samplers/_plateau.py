@@ -208,12 +208,12 @@ class PlateauSampler(BaseSampler):
             exponents (:func:`~steplaw_opt.priors.drift_covariance`). Proxies at several scales
             that agree on a trend then carry it to the target; proxies at one scale move the
             target only as far as that prior allows. A single-scale study is unchanged either
-            way. Each proxy scale also gets its own scatter about that trend
-            (:attr:`~steplaw_opt.landscape.BowlPrior.scatter_sd`), so one scale off the line
-            through the others is not extrapolated. On the proxy benchmark (``steplaw-opt
-            bench --proxy --drift both``: released and shifted landscapes) it was as good or
-            better than one shared offset at nearly every budget, with far better calibrated
-            intervals, so it is on by default.
+            way. A ``bowl_prior`` with
+            :meth:`~steplaw_opt.landscape.BowlPrior.with_scale_scatter` also gives each proxy
+            scale its own scatter about that trend (off by default). On the proxy benchmark
+            (``steplaw-opt bench --proxy --drift both``: released and shifted landscapes) it
+            was as good or better than one shared offset at nearly every budget, with far
+            better calibrated intervals, so it is on by default.
 
     Trials may carry their own scale in user attributes ``steplaw.N``, ``steplaw.D`` and
     ``steplaw.seq_len`` (proxy runs). An objective that cannot run at the proposed values (a

@@ -22,14 +22,14 @@
 4. The Step Law card's residual scatter ([residual] in priors/cards/step-law.toml): the RMS, in
    ln lr and ln batch, of the near-optimal runs (within 0.25 % of their setting's minimum, the
    authors' threshold) around the published law.
-5. Each scale's own scatter of the optimum about a smooth trend (``scatter_sd``, the drift
-   model's :math:`\varepsilon_s`): per setting, the argmin of each of the bench's three
-   noise-free surfaces in (u, v); per surface, the residual sd of those argmins about a
-   linear trend in (ln N, ln D) (17 settings, 3 coefficients per coordinate); the mean over
-   the surfaces. It is an upper bound on the scatter a smooth law cannot follow: it includes
-   how far a surface's argmin misses the landscape's. The mixture over its width
-   (``scatter_widths``, variance multipliers, equal weights: about none, as measured, three
-   times the sd) lets each study's runs weigh it.
+5. Each scale's own scatter of the optimum about a smooth trend (``measured_scatter_sd``, the drift
+   model's optional :math:`\varepsilon_s`, off by default: docs/bench.md): per setting, the argmin
+   of each of the bench's three noise-free surfaces in (u, v); per surface, the residual sd of those
+   argmins about a linear trend in (ln N, ln D) (17 settings, 3 coefficients per coordinate); the
+   mean over the surfaces. It is an upper bound on the scatter a smooth law cannot follow: it
+   includes how far a surface's argmin misses the landscape's. The mixture over its width
+   (``scatter_widths``, variance multipliers, equal weights: about none, as measured, three times
+   the sd) lets each study's runs weigh it.
 
     python scripts/fit_landscape.py --grid ../shared/data/steplaw/dense_lr_bs_loss.csv
 
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     out["bowl"]["measured_noise_sd"] = round(noise, 6)
     bowl = BowlPrior.from_table(out["bowl"])
     out["bowl"]["misfit_sd"] = [round(x, 4) for x in bowl_misfit(grids, law, bowl)]
-    out["bowl"]["scatter_sd"] = [round(x, 4) for x in scale_scatter(grids, law)]
+    out["bowl"]["measured_scatter_sd"] = [round(x, 4) for x in scale_scatter(grids, law)]
     out["bowl"]["scatter_widths"] = list(SCATTER_WIDTHS)
     out["bowl"]["scatter_weights"] = [1.0] * len(SCATTER_WIDTHS)
     OUT.write_text(tomli_w.dumps(out), encoding="utf-8")
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         f"wrote {OUT}: H mean {mean.round(5).tolist()} sd {sd.round(5).tolist()} "
         f"k {ks.mean():.5f} ± {ks.std(ddof=1):.5f} (> 0 in {(ks > 0).sum()}/{len(ks)}) "
         f"noise {noise:.5f}, misfit (u, v) {out['bowl']['misfit_sd']}, "
-        f"scale scatter (u, v) {out['bowl']['scatter_sd']}"
+        f"scale scatter (u, v) {out['bowl']['measured_scatter_sd']}"
     )
 
     lr_sd, batch_sd = residual_scatter(grids, law)

@@ -63,15 +63,18 @@ Proxies at several scales that agree on a trend carry it to the target; proxies 
 move the target only as far as the prior on Γ lets their offset be a drift rather than an
 error shared by every scale.
 
-**Scale scatter** (with drift, ``fit_bowl(scatter_cov=…)``). No landscape follows a smooth
-trend exactly: on the released grids the noise-free optima of the 17 settings scatter about a
-linear trend in (ln N, ln D) by sd 0.10 in u and 0.12 in v (``scripts/fit_landscape.py``).
-Without a term for it, a proxy scale whose bottom sits off the line through the others is
-read as a drift and extrapolated to the target. Each scale away from the target gets its own
-offset :math:`\varepsilon_s \sim \mathcal N(0, r\,\Sigma_\varepsilon)`, two more columns
-:math:`[u 1_s, v 1_s]` per scale, with the width r a mixture (about none, as measured, three
-times the sd) that each study's runs weigh by their evidence: proxies that agree keep their
-move, a scale that disagrees is read as its own scatter.
+**Scale scatter** (optional, with drift: ``fit_bowl(scatter_cov=…)``, in a sampler
+``bowl_prior=BowlPrior.default().with_scale_scatter()``; off by default). No landscape follows a
+smooth trend exactly: on the released grids the noise-free optima of the 17 settings scatter about a
+linear trend in (ln N, ln D) by sd 0.10 in u and 0.12 in v (``scripts/fit_landscape.py``). Without a
+term for it, a proxy scale whose bottom sits off the line through the others is read as a drift and
+extrapolated to the target. Each scale away from the target gets its own offset :math:`\varepsilon_s
+\sim \mathcal N(0, r\,\Sigma_\varepsilon)`, two more columns :math:`[u 1_s, v 1_s]` per scale, with
+the width r a mixture (about none, as measured, three times the sd) that each study's runs weigh by
+their evidence: proxies that agree keep their move, a scale that disagrees is read as its own
+scatter. Measured (docs/bench.md, "Scale scatter"), it helped where the proxies' offsets were noise
+(the released grids) and hurt on the built-in trainer far from the law's data, so it is not the
+default.
 
 The optimum's posterior is that of :math:`-\tfrac12 A^{-1} b` under :math:`\theta`'s posterior,
 sampled (Thompson sampling draws one sample), with :math:`A` projected onto the positive-definite
@@ -139,8 +142,10 @@ class BowlPrior:
     drift_widths: tuple[float, ...] = DRIFT_WIDTHS
     drift_weights: tuple[float, ...] = DRIFT_WEIGHTS
     # Each scale's own offset of the bottom about the drift's trend (with drift terms), a
-    # scale mixture ε_s ~ Σ_e r_e N(0, e·diag(scatter_sd²)); scatter_sd (0, 0): none.
+    # scale mixture ε_s ~ Σ_e r_e N(0, e·diag(scatter_sd²)); scatter_sd (0, 0): none, the
+    # default (:meth:`with_scale_scatter` turns it on at measured_scatter_sd).
     scatter_sd: tuple[float, float] = (0.0, 0.0)
+    measured_scatter_sd: tuple[float, float] = (0.0, 0.0)
     scatter_widths: tuple[float, ...] = (1.0,)
     scatter_weights: tuple[float, ...] = (1.0,)
     # The cliff's asymmetry: k · asymmetry(u − u_ref), k ~ N(k_mean, k_sd²); k_sd = 0: none.
@@ -184,9 +189,25 @@ class BowlPrior:
             ),
             misfit_sd=tuple(float(x) for x in data.get("misfit_sd", (0.0, 0.0))),  # type: ignore[arg-type]
             scatter_sd=tuple(float(x) for x in data.get("scatter_sd", (0.0, 0.0))),  # type: ignore[arg-type]
+            measured_scatter_sd=tuple(  # type: ignore[arg-type]
+                float(x) for x in data.get("measured_scatter_sd", (0.0, 0.0))
+            ),
             scatter_widths=tuple(float(x) for x in data.get("scatter_widths", [1.0])),
             scatter_weights=tuple(float(x) for x in data.get("scatter_weights", [1.0])),
         )
+
+    def with_scale_scatter(self) -> BowlPrior:
+        """This prior with each proxy scale's own scatter of the bottom about the drift's trend
+        turned on, at the sd measured on the released grids (``measured_scatter_sd``).
+
+        >>> from steplaw_opt.landscape import BowlPrior
+        >>> bowl = BowlPrior.default()
+        >>> bowl.scatter_cov is None, bowl.with_scale_scatter().scatter_sd
+        (True, (0.0963, 0.1192))
+        """
+        if not all(x > 0 for x in self.measured_scatter_sd):
+            raise SteplawInputError("this bowl prior has no measured_scatter_sd to turn on")
+        return dataclasses.replace(self, scatter_sd=self.measured_scatter_sd)
 
     @property
     def scatter_cov(self) -> np.ndarray | None:

@@ -14,6 +14,7 @@ MODULES = [
     "steplaw_opt.sizes",
     "steplaw_opt.space",
     "steplaw_opt.trainer",
+    "steplaw_opt.landscape",
     "steplaw_opt.priors._law",
     "steplaw_opt.priors._prior",
     "steplaw_opt.samplers._plateau",

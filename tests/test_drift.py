@@ -15,6 +15,7 @@ SYMMETRIC = dataclasses.replace(BowlPrior.default(), k_sd=0.0, noise_sd=2e-4)
 SCALE_X = np.array([[0.0, 0.0], [-1.0, -2.0], [-2.0, -3.0], [-1.0, -4.0]])
 PRIOR = {"prior_mean": np.zeros(2), "prior_cov": np.eye(2) * 0.1}
 STEP_DRIFT = drift_covariance(load_law("step-law"))
+SCATTER = BowlPrior.default().with_scale_scatter().scatter_cov  # the measured scale scatter
 
 
 def _proxy_runs(rng, bottom_of, groups=(1, 2, 3), n=40, noise=2e-4):
@@ -158,6 +159,25 @@ def test_the_sampler_carries_the_proxies_drift_to_the_target_only_when_asked():
         opt = refined_optimum(study, sampler=PlateauSampler(target, drift=drift))
         errors[drift] = float(np.hypot(opt.u - w_target[0], opt.v - w_target[1]))
     assert errors[True] < 0.06 < 2 * errors[True] < errors[False]
+
+
+def test_the_sampler_fits_the_scale_scatter_only_when_its_bowl_prior_has_it():
+    from steplaw_opt import Scale
+    from steplaw_opt.samplers import PlateauSampler
+
+    target = Scale(N=1e9, D=1e11, seq_len=2048)
+    study = _proxy_study(np.zeros((2, 2)), np.array([0.2, 0.1]), target)
+    posts = {}
+    for name, bowl in (("default", None), ("on", BowlPrior.default().with_scale_scatter())):
+        sampler = PlateauSampler(target, bowl_prior=bowl)
+        posts[name] = sampler.fit(sampler.history(study))
+    assert not posts["default"].scatter
+    assert posts["on"].scatter and len(posts["on"].mean) == len(posts["default"].mean) + 6
+    # the proxies agree (no drift, one offset): the target's bottom barely moves
+    np.testing.assert_allclose(posts["on"].optimum(), posts["default"].optimum(), atol=0.02)
+    unmeasured = dataclasses.replace(BowlPrior.default(), measured_scatter_sd=(0.0, 0.0))
+    with pytest.raises(SteplawInputError, match="no measured_scatter_sd"):
+        unmeasured.with_scale_scatter()
 
 
 def test_drift_leaves_a_single_scale_study_as_it_was():
@@ -337,7 +357,8 @@ def test_nothing_extrapolates_outside_the_trust_region(slope):
 
 def test_proxies_that_scatter_leave_the_target_near_the_law():
     # Bottoms scattered without a trend (sd 0.3, three times the released grids' own scale
-    # scatter): the scatter terms take them, the drift does not extrapolate them.
+    # scatter): the scatter terms (opt-in, BowlPrior.with_scale_scatter) take them, and the
+    # drift does not extrapolate them.
     cov = drift_covariance(load_law("step-law"))
     pick = np.random.default_rng(0)
     drifting, pooled, no_scatter = [], [], []
@@ -345,7 +366,7 @@ def test_proxies_that_scatter_leave_the_target_near_the_law():
         bottoms = {g: pick.normal(0.0, 0.3, 2) for g in (1, 2, 3)}
         w, y, g = _proxy_runs(np.random.default_rng(seed), bottoms.__getitem__, n=15, noise=5e-4)
         kw = {"bowl": SYMMETRIC, "scale_x": SCALE_X, "drift_cov": cov}
-        post = fit_bowl(w, y, g, 4, **PRIOR, **kw, scatter_cov=SYMMETRIC.scatter_cov)
+        post = fit_bowl(w, y, g, 4, **PRIOR, **kw, scatter_cov=SCATTER)
         plain = fit_bowl(w, y, g, 4, **PRIOR, bowl=SYMMETRIC)
         drifting.append(np.linalg.norm(post.optimum()))
         pooled.append(np.linalg.norm(plain.optimum()))
@@ -358,7 +379,7 @@ def test_proxies_that_scatter_leave_the_target_near_the_law():
 
 def _with_and_without_scatter(w, y, g):
     kw = {"bowl": SYMMETRIC, "scale_x": SCALE_X, "drift_cov": STEP_DRIFT}
-    with_scatter = fit_bowl(w, y, g, 4, **PRIOR, **kw, scatter_cov=SYMMETRIC.scatter_cov)
+    with_scatter = fit_bowl(w, y, g, 4, **PRIOR, **kw, scatter_cov=SCATTER)
     return with_scatter, fit_bowl(w, y, g, 4, **PRIOR, **kw)
 
 
