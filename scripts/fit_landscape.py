@@ -175,19 +175,21 @@ def scale_scatter(grids, law) -> tuple[float, float]:
 
     x = np.array([[1.0, math.log(s.N), math.log(s.D)] for s in grids])
     x[:, 1:] -= x[:, 1:].mean(axis=0)
-    per_surface = []
-    for i in range(len(noise_free_surfaces(grids[0]))):
-        w = []
-        for s in grids:
-            f = noise_free_surfaces(s)[i]
-            scale = Scale(N=s.N, D=s.D, seq_len=s.seq_len)
-            w.append(
+    # (settings × surfaces × 2): each surface's argmin in law-normalised (u, v)
+    argmins = np.array(
+        [
+            [
                 [
-                    math.log(f.argmin_lr / law.lr_at(scale)),
-                    math.log(f.argmin_batch * s.seq_len / law.batch_tokens_at(scale)),
+                    math.log(f.argmin_lr / law.lr_at(s.scale)),
+                    math.log(f.argmin_batch * s.seq_len / law.batch_tokens_at(s.scale)),
                 ]
-            )
-        w = np.array(w)
+                for f in noise_free_surfaces(s)
+            ]
+            for s in grids
+        ]
+    )
+    per_surface = []
+    for w in argmins.transpose(1, 0, 2):  # one surface's (u, v) over the settings
         resid = w - x @ np.linalg.lstsq(x, w, rcond=None)[0]
         per_surface.append(np.sqrt(np.sum(resid**2, axis=0) / (len(grids) - x.shape[1])))
     mean = np.mean(per_surface, axis=0)

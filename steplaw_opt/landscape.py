@@ -476,8 +476,8 @@ class BowlPosterior:
         return self.n_groups + 5 + (self.u_ref is not None)
 
     def scatter_of(self, group: int) -> np.ndarray:
-        r"""``group``'s own offset of the bottom from the drift's trend, :math:`arepsilon_s =
-        -	frac12 A^{-1} e_s` at the posterior mean (zero at the target's scale, and without
+        r"""``group``'s own offset of the bottom from the drift's trend, :math:`\varepsilon_s =
+        -\tfrac12 A^{-1} e_s` at the posterior mean (zero at the target's scale, and without
         scatter terms)."""
         if not self.scatter or self.scale_x is None:
             return np.zeros(2)
@@ -744,7 +744,8 @@ def _fit_mixture(
     weight window ``window`` (:func:`window_widening`'s, computed once by :func:`fit_bowl`) and
     ``drift`` = (scale_x, prior covariance of G, prior covariance of each scale's e_s or None)
     when the bottom moves with scale; with drift, one fit per pair of a law width and a drift
-    width (``bowl.drift_widths``)."""
+    width (``bowl.drift_widths``), and with the scatter one per triple with a scatter width
+    (``bowl.scatter_widths``)."""
     scale_x = None if drift is None else drift[0]
     scatter = drift is not None and drift[2] is not None
     # One component per combination of a law width, a drift width and a scatter width.
